@@ -1,0 +1,1 @@
+"""Backends: each turns a lowered integer graph into something that runs."""

@@ -1,0 +1,59 @@
+"""normalize-ops: one spelling per op, and no inference no-ops (dropout, asserts, same-dtype casts)."""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from qcompile.facts import facts_of
+from qcompile.registry import PassResult, register_pass
+
+aten = torch.ops.aten
+
+# In-place or alternative spellings -> the one the rest of the compiler matches.
+RESPELL = {
+    aten.relu_.default: aten.relu.default,
+    aten.hardtanh_.default: aten.hardtanh.default,
+    aten.add_.Tensor: aten.add.Tensor,
+    aten.mul_.Tensor: aten.mul.Tensor,
+    aten.silu_.default: aten.silu.default,
+    aten.gelu_.default: aten.gelu.default,
+    aten.relu6.default: None,
+}
+
+IDENTITY = {aten.contiguous.default, aten.clone.default, aten.alias.default,
+            aten.detach.default, aten.dropout.default, aten.feature_dropout.default}
+CASTS = {aten.to.dtype, aten.to.dtype_layout, aten.to.device, aten._to_copy.default}
+ERASE = {aten._assert_tensor_metadata.default, aten._assert_scalar.default}
+
+
+def _is_noop_cast(node: fx.Node) -> bool:
+    src = node.args[0]
+    if not isinstance(src, fx.Node):
+        return False
+    a, b = facts_of(src).tensor, facts_of(node).tensor
+    return a is not None and b is not None and a.dtype == b.dtype
+
+
+def _rewrite(node: fx.Node) -> bool:
+    target = node.target
+    if target in ERASE and not node.users:
+        node.graph.erase_node(node)
+        return True
+    if target in IDENTITY or (target in CASTS and _is_noop_cast(node)):
+        node.replace_all_uses_with(node.args[0])
+        node.graph.erase_node(node)
+        return True
+    if target is aten.relu6.default:
+        node.target, node.args = aten.hardtanh.default, (node.args[0], 0.0, 6.0)
+        return True
+    if RESPELL.get(target) is not None:
+        node.target = RESPELL[target]
+        return True
+    return False
+
+
+@register_pass("normalize-ops")
+def normalize_ops(gm: fx.GraphModule, ctx) -> PassResult:
+    """Respell in-place and alias ops; drop dropout, asserts and casts to the same dtype."""
+    count = sum(_rewrite(n) for n in list(gm.graph.nodes) if n.op == "call_function")
+    return PassResult(gm, count > 0, {"rewritten": count})

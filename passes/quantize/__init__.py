@@ -1,0 +1,2 @@
+"""Quantize: observe, calibrate, insert quantize/dequantize from the recipe."""
+from . import calibrate, insert_qdq, observe  # noqa: F401

@@ -1,0 +1,96 @@
+"""calibrate: stream the calibration batches through the observers and choose int8 qparams."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.fx as fx
+
+from qcompile.errors import CalibrationError
+from qcompile.facts import QParams, ValueRange, update_facts
+from qcompile.inputs import as_tuple, check_inputs
+from qcompile.observers import make_observer
+from qcompile.progress import Progress
+from qcompile.quant_math import qparams_from_range
+from qcompile.registry import PassResult, register_pass
+
+from .site import observer_sites
+
+
+def _number(text):
+    if text is None or not isinstance(text, str):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def _make(method: str, knobs: dict, symmetric: bool):
+    try:
+        return make_observer(method, symmetric=symmetric, **knobs)
+    except ValueError as err:
+        raise CalibrationError(f"calibration method '{method}': {err}") from None
+
+
+@contextmanager
+def _observing(sites):
+    for _, site in sites:
+        site.enabled = True
+    try:
+        yield
+    finally:
+        for _, site in sites:
+            site.enabled = False
+
+
+def _stream(gm: fx.GraphModule, ctx, sites) -> int:
+    if ctx.calibration_data is None:
+        raise CalibrationError("no calibration data (compile() passes the example inputs "
+                               "when calibration_data is None)")
+    count = 0
+    with _observing(sites), torch.no_grad(), Progress("calibrate", enabled=ctx.options.progress) as bar:
+        for index, batch in enumerate(ctx.calibration_data):
+            try:
+                args = as_tuple(batch)
+            except TypeError as err:
+                raise CalibrationError(f"calibration batch {index}: {err}") from None
+            check_inputs(args, ctx.input_specs, f"calibration batch {index}",
+                         error=CalibrationError, check_finite=True)
+            gm(*args)
+            count += 1
+            bar.update()
+    if count == 0:
+        raise CalibrationError("calibration_data yielded no batches (an empty or already "
+                               "consumed iterable?)")
+    return count
+
+
+def _choose_qparams(sites, method: str, symmetric: bool) -> None:
+    for node, site in sites:
+        lo, hi = site.observer.range()
+        scale, zero_point = qparams_from_range(lo, hi, symmetric=symmetric)
+        update_facts(node, observed=ValueRange(float(lo), float(hi), method),
+                     qparams=QParams(scale, zero_point))
+
+
+@register_pass("calibrate")
+def calibrate(gm: fx.GraphModule, ctx, *, method=None, p=None, averaging_constant=None,
+              candidates=None, bins=None) -> PassResult:
+    """Run calibration batches once; pick each observed value's range and int8 qparams."""
+    sites = observer_sites(gm)
+    if not sites:
+        return PassResult(gm, False, {"batches": 0})
+    method = method or ctx.options.calibration
+    knobs = ctx.options.calibration_knobs()
+    passed = {"p": p, "averaging_constant": averaging_constant, "candidates": candidates,
+              "bins": bins}
+    knobs.update({k: _number(v) for k, v in passed.items() if v is not None})
+    symmetric = ctx.options.symmetric_activations
+    for _, site in sites:
+        site.observer = _make(method, knobs, symmetric)
+    batches = _stream(gm, ctx, sites)
+    _choose_qparams(sites, method, symmetric)
+    ctx.calibration_summary = {"method": method, "knobs": knobs, "batches": batches,
+                               "observed_values": len(sites)}
+    return PassResult(gm, True, {"batches": batches, "observed": len(sites)})

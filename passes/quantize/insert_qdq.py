@@ -1,0 +1,64 @@
+"""insert-qdq: observers become quantize/dequantize pairs; weights become int8 per channel."""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from qcompile.errors import PipelineError
+from qcompile.facts import ChannelQParams, facts_of, update_facts
+from qcompile.graph_edit import add_constant, call_before, constant_value
+from qcompile.quant_math import WEIGHT_QMAX, WEIGHT_QMIN, weight_scales_per_channel
+from qcompile.ops import reference
+from qcompile.registry import PassResult, register_pass
+
+from .plan import quantizable_anchors
+from .site import observer_sites
+
+Q = torch.ops.qcompile
+
+
+def _replace_site(gm: fx.GraphModule, node: fx.Node) -> None:
+    qp = facts_of(node).qparams
+    if qp is None:
+        raise PipelineError("observer has no qparams: run 'calibrate' before 'insert-qdq'",
+                            node=node)
+    value = node.args[0]
+    q = call_before(gm.graph, node, Q.quantize.default,
+                    (value, qp.scale, qp.zero_point, qp.qmin, qp.qmax), origin=value,
+                    name=f"{value.name}_q")
+    dq = call_before(gm.graph, node, Q.dequantize.default, (q, qp.scale, qp.zero_point),
+                     origin=value, name=f"{value.name}_dq")
+    update_facts(q, qparams=qp, observed=facts_of(node).observed)
+    update_facts(dq, input_qparams=(qp,))
+    node.replace_all_uses_with(dq)
+    target = node.target
+    gm.graph.erase_node(node)
+    gm.delete_submodule(target)
+
+
+def _quantize_weight(gm: fx.GraphModule, anchor: fx.Node) -> None:
+    weight = constant_value(gm, anchor.args[1]).detach().float()
+    scales = weight_scales_per_channel(weight, axis=0)
+    wq = reference.quantize_per_channel(weight, scales, 0, WEIGHT_QMIN, WEIGHT_QMAX)
+    wq_node = add_constant(gm, f"{anchor.name}_weight_int8", wq, anchor)
+    ws_node = add_constant(gm, f"{anchor.name}_weight_scale", scales, anchor)
+    dq = call_before(gm.graph, anchor, Q.dequantize_per_channel.default, (wq_node, ws_node, 0),
+                     name=f"{anchor.name}_weight_dq")
+    anchor.args = (anchor.args[0], dq) + tuple(anchor.args[2:])
+    update_facts(anchor, weight_qparams=ChannelQParams(tuple(scales.tolist())))
+
+
+@register_pass("insert-qdq")
+def insert_qdq(gm: fx.GraphModule, ctx) -> PassResult:
+    """Replace observer sites by quantize->dequantize; quantize conv/linear weights per channel."""
+    anchors = quantizable_anchors(gm, ctx)
+    sites = observer_sites(gm)
+    for node, _ in sites:
+        _replace_site(gm, node)
+    weights = 0
+    for anchor, kind in anchors:
+        if kind in ("linear", "conv2d"):
+            _quantize_weight(gm, anchor)
+            weights += 1
+    return PassResult(gm, bool(sites) or weights > 0,
+                      {"activations": len(sites), "weights": weights})

@@ -1,0 +1,32 @@
+"""observe: put an observer site after every value the recipe needs a range for."""
+from __future__ import annotations
+
+import torch.fx as fx
+
+from qcompile.facts import facts_of, update_facts
+from qcompile.registry import PassResult, register_pass
+
+from .plan import observation_points, quantizable_anchors
+from .site import ObserverSite
+
+
+def _insert_site(gm: fx.GraphModule, value: fx.Node) -> fx.Node:
+    name = f"obs_{value.name}"
+    gm.add_submodule(name, ObserverSite(value.name))
+    with gm.graph.inserting_after(value):
+        site = gm.graph.call_module(name, (value,))
+    value.replace_all_uses_with(site, delete_user_cb=lambda user: user is not site)
+    update_facts(site, tensor=facts_of(value).tensor)
+    return site
+
+
+@register_pass("observe")
+def observe(gm: fx.GraphModule, ctx) -> PassResult:
+    """Insert observer sites at the inputs and outputs of every op the recipe quantizes."""
+    anchors = quantizable_anchors(gm, ctx, record=True)
+    if ctx.recipe.dynamic:
+        return PassResult(gm, False, {"anchors": len(anchors), "observed": 0})
+    points = observation_points(anchors)
+    for value in points:
+        _insert_site(gm, value)
+    return PassResult(gm, bool(points), {"anchors": len(anchors), "observed": len(points)})

@@ -1,0 +1,26 @@
+"""qcompile: a quantizing compiler for PyTorch models."""
+from __future__ import annotations
+
+from . import ops  # noqa: F401  (registers the qcompile:: torch ops)
+from .api import compile
+from .compiled import CompiledModel
+from .context import PassContext
+from .errors import (ArtifactError, BackendError, CalibrationError, CaptureError, InputError,
+                     LoweringError, PipelineError, QCompileError, QCompileWarning, RecipeError,
+                     TargetError, VerificationError)
+from .facts import NodeFacts, QParams, facts_of, update_facts
+from .pipeline import Pipeline
+from .pipelines import default_pipeline
+from .recipes import RECIPES, QuantOptions, Recipe
+from .registry import PassResult, list_passes, register_pass
+from .targets import targets
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "compile", "targets", "register_pass", "PassResult", "PassContext", "Pipeline",
+    "default_pipeline", "list_passes", "CompiledModel", "QuantOptions", "Recipe", "RECIPES",
+    "NodeFacts", "QParams", "facts_of", "update_facts", "QCompileError", "CaptureError",
+    "PipelineError", "TargetError", "RecipeError", "CalibrationError", "VerificationError",
+    "LoweringError", "BackendError", "ArtifactError", "InputError", "QCompileWarning",
+]

@@ -1,0 +1,54 @@
+"""compile(): capture -> pass pipeline -> backend -> CompiledModel with its report."""
+from __future__ import annotations
+
+from .capture import capture, normalize_inputs
+from .compiled import CompiledModel
+from .context import PassContext
+from .errors import CaptureError
+from .instruments import DumpInstrument, FloatSnapshotInstrument, NumericsInstrument
+from .pass_manager import PassManager
+from .pipeline import Pipeline
+from .recipes import resolve_recipe
+from .report_build import build_report
+from .targets import get_target
+
+
+def _load_builtin_passes() -> None:
+    from . import passes  # noqa: F401  (registers every built-in pass)
+
+
+def _calibration(calibration_data, example_inputs, ctx_warn):
+    if calibration_data is None:
+        ctx_warn("no calibration_data given: calibrating on the example inputs only, which "
+                 "rarely covers real ranges")
+        return [example_inputs]
+    return calibration_data
+
+
+def compile(model, target: str = "reference", example_inputs=None, calibration_data=None,
+            recipe="w8a8", pipeline=None, dump_dir: str | None = None, partial: bool = False,
+            options=None) -> CompiledModel:
+    """Quantize and compile `model` for `target`. See DESIGN.md for every argument."""
+    _load_builtin_passes()
+    tgt = get_target(target)
+    resolved = resolve_recipe(recipe, options)
+    if partial:
+        raise CaptureError("partial=True (compiling submodules and leaving the rest eager) is "
+                           "not supported in this version; compile the submodules one by one")
+    args = normalize_inputs(example_inputs)
+    captured = capture(model, args)
+    ctx = PassContext(target=tgt.name, recipe=resolved, example_inputs=args,
+                      input_specs=captured.input_specs)
+    ctx.calibration_data = _calibration(calibration_data, args, ctx.warn)
+    snapshot = FloatSnapshotInstrument()
+    instruments = [snapshot]
+    if resolved.options.numerics:
+        instruments.append(NumericsInstrument())
+    if dump_dir is not None:
+        instruments.append(DumpInstrument(dump_dir))
+    manager = PassManager(Pipeline.parse(pipeline or tgt.pipeline, default=tgt.pipeline),
+                          instruments)
+    graph = manager(captured.graph_module, ctx).graph_module
+    runner = tgt.backend().build(graph, resolved.options)
+    report = build_report(graph, snapshot.snapshot, manager.records, ctx)
+    return CompiledModel(graph, runner, report, tgt.name, resolved, captured.input_specs)

@@ -1,0 +1,127 @@
+"""Capture: nn.Module -> fx.GraphModule (an ATen graph from torch.export, non-strict)."""
+from __future__ import annotations
+
+import re
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+
+from .errors import CaptureError, QCompileWarning
+
+_USER_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s*([^\n]*)')
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What one model input must look like: dtype and shape (None where the size may vary)."""
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int | None, ...]
+
+    def describe(self) -> str:
+        dims = ",".join("*" if d is None else str(d) for d in self.shape)
+        return f"{self.name}: {str(self.dtype).replace('torch.', '')}[{dims}]"
+
+
+@dataclass
+class Captured:
+    graph_module: fx.GraphModule
+    input_specs: tuple[InputSpec, ...]
+
+
+def normalize_inputs(example_inputs) -> tuple:
+    if example_inputs is None:
+        raise CaptureError("example_inputs are required: a tuple of tensors (or one tensor)")
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, list):
+        return tuple(example_inputs)
+    if not isinstance(example_inputs, tuple):
+        raise CaptureError(f"example_inputs must be a tuple of tensors, got "
+                           f"{type(example_inputs).__name__}")
+    return example_inputs
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module):
+    was_training = model.training
+    if was_training:
+        warnings.warn("qcompile: the model is in training mode; it is captured in eval mode "
+                      "(dropout off, BatchNorm running statistics). Call model.eval() to "
+                      "silence this.", QCompileWarning, stacklevel=4)
+        model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _user_location(err: BaseException) -> str | None:
+    text = "".join(str(a) for a in (err, getattr(err, "__cause__", None)) if a)
+    frames = [f for f in _USER_FRAME.findall(text)
+              if "/torch/" not in f[0] and "/site-packages/" not in f[0]]
+    if frames:
+        path, line, _func, code = frames[-1]
+        return f"{path}:{line}: {code.strip()}"
+    tb = err.__traceback__
+    location = None
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if "/torch/" not in name and "/qcompile/" not in name and "site-packages" not in name:
+            location = f"{name}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return location
+
+
+def _reason(err: BaseException) -> str:
+    first = str(err).strip().split("\n")[0]
+    return f"{type(err).__name__}: {first[:400]}"
+
+
+def _export(model: torch.nn.Module, args: tuple, dynamic_batch: bool):
+    dims = None
+    if dynamic_batch:
+        auto = torch.export.Dim.AUTO
+        dims = tuple({0: auto} if isinstance(a, torch.Tensor) and a.dim() > 0 else None
+                     for a in args)
+    return torch.export.export(model, args, dynamic_shapes=dims, strict=False)
+
+
+def _input_specs(gm: fx.GraphModule) -> tuple[InputSpec, ...]:
+    specs = []
+    for node in gm.graph.find_nodes(op="placeholder"):
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            continue
+        shape = tuple(d if isinstance(d, int) else None for d in val.shape)
+        specs.append(InputSpec(node.name, val.dtype, shape))
+    return tuple(specs)
+
+
+def _drop_guard_module(gm: fx.GraphModule) -> None:
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and node.target == "_guards_fn" and not node.users:
+            gm.graph.erase_node(node)
+    gm.recompile()
+
+
+def capture(model: torch.nn.Module, example_inputs) -> Captured:
+    """Export `model` with a dynamic batch dimension (static if that fails)."""
+    if not isinstance(model, torch.nn.Module):
+        raise CaptureError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    args = normalize_inputs(example_inputs)
+    with _eval_mode(model):
+        try:
+            try:
+                program = _export(model, args, dynamic_batch=True)
+            except Exception:
+                program = _export(model, args, dynamic_batch=False)
+        except Exception as err:
+            raise CaptureError(f"torch.export could not capture the model: {_reason(err)}",
+                               source=_user_location(err)) from err
+    gm = program.module()
+    _drop_guard_module(gm)
+    return Captured(gm, _input_specs(gm))

@@ -1,0 +1,117 @@
+"""The `qcompile::` torch ops: reference kernels plus fake (shape-only) implementations."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from qcompile.ops import reference
+
+Tensor = torch.Tensor
+
+OP_NAMES = (
+    "quantize", "dequantize", "quantize_per_channel", "dequantize_per_channel", "requantize",
+    "qlinear", "qconv2d", "qmatmul", "qadd", "qmax_pool2d", "qavg_pool2d", "qmean", "qcat",
+    "qclamp", "qlinear_dynamic",
+)
+
+OPS = {
+    name: torch.library.custom_op(f"qcompile::{name}", getattr(reference, name), mutates_args=())
+    for name in OP_NAMES
+}
+
+
+def _like(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return torch.empty_like(t, dtype=dtype, memory_format=torch.contiguous_format)
+
+
+@OPS["quantize"].register_fake
+def _quantize_fake(x, scale, zero_point, qmin, qmax):
+    return _like(x, torch.int8)
+
+
+@OPS["dequantize"].register_fake
+def _dequantize_fake(q, scale, zero_point):
+    return _like(q, torch.float32)
+
+
+@OPS["quantize_per_channel"].register_fake
+def _quantize_per_channel_fake(x, scales, axis, qmin, qmax):
+    return _like(x, torch.int8)
+
+
+@OPS["dequantize_per_channel"].register_fake
+def _dequantize_per_channel_fake(q, scales, axis):
+    return _like(q, torch.float32)
+
+
+@OPS["requantize"].register_fake
+def _requantize_fake(q, in_zp, multiplier, shift, out_zp, qmin, qmax):
+    return _like(q, torch.int8)
+
+
+@OPS["qlinear"].register_fake
+def _qlinear_fake(x, x_zp, w, bias, multiplier, shift, out_zp, qmin, qmax):
+    return x.new_empty((*x.shape[:-1], w.shape[0]), dtype=torch.int8)
+
+
+def conv2d_output_size(size, kernel: int, stride: int, padding: int, dilation: int):
+    """Output length of a convolution along one spatial dim."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@OPS["qconv2d"].register_fake
+def _qconv2d_fake(x, x_zp, w, bias, multiplier, shift, out_zp, qmin, qmax, stride, padding,
+                  dilation, groups):
+    stride, padding = reference.as_pair(stride, "stride"), reference.as_pair(padding, "padding")
+    dilation = reference.as_pair(dilation, "dilation")
+    spatial = [conv2d_output_size(x.shape[2 + i], w.shape[2 + i], stride[i], padding[i],
+                                  dilation[i]) for i in range(2)]
+    return x.new_empty((x.shape[0], w.shape[0], *spatial), dtype=torch.int8)
+
+
+@OPS["qmatmul"].register_fake
+def _qmatmul_fake(a, a_zp, b, b_zp, multiplier, shift, out_zp, qmin, qmax):
+    return torch.matmul(a.to(torch.float32), b.to(torch.float32)).to(torch.int8)
+
+
+@OPS["qadd"].register_fake
+def _qadd_fake(a, a_zp, a_multiplier, b, b_zp, b_multiplier, shift, out_zp, qmin, qmax):
+    return a.new_empty(torch.broadcast_shapes(a.shape, b.shape), dtype=torch.int8)
+
+
+@OPS["qmax_pool2d"].register_fake
+def _qmax_pool2d_fake(x, kernel, stride, padding, dilation, ceil_mode):
+    y = F.max_pool2d(x.to(torch.float32), kernel, stride or kernel, padding, dilation, ceil_mode)
+    return y.to(torch.int8)
+
+
+@OPS["qavg_pool2d"].register_fake
+def _qavg_pool2d_fake(x, x_zp, kernel, stride, padding, ceil_mode, multiplier, shift, out_zp,
+                      qmin, qmax):
+    y = F.avg_pool2d(x.to(torch.float32), kernel, stride or kernel, padding, ceil_mode)
+    return y.to(torch.int8)
+
+
+@OPS["qmean"].register_fake
+def _qmean_fake(x, x_zp, dims, keepdim, multiplier, shift, out_zp, qmin, qmax):
+    reduced = set(reference.reduced_dims(x.dim(), dims))
+    shape = [1 if d in reduced else size for d, size in enumerate(x.shape)
+             if keepdim or d not in reduced]
+    return x.new_empty(shape, dtype=torch.int8)
+
+
+@OPS["qcat"].register_fake
+def _qcat_fake(tensors, dim):
+    return torch.cat(list(tensors), dim)
+
+
+@OPS["qclamp"].register_fake
+def _qclamp_fake(x, qmin, qmax):
+    return _like(x, torch.int8)
+
+
+@OPS["qlinear_dynamic"].register_fake
+def _qlinear_dynamic_fake(x, w, w_scale, bias: Optional[Tensor]):
+    return x.new_empty((*x.shape[:-1], w.shape[0]), dtype=torch.float32)

@@ -1,0 +1,107 @@
+"""Recipes (what to quantize and how) and their options, as frozen dataclasses."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import RecipeError
+
+CALIBRATION_METHODS = ("minmax", "moving-average", "percentile", "mse", "entropy")
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    """Options of a recipe. Give them to `compile(options=...)` as a dict or as this class.
+
+    calibration: range method for activations (minmax, moving-average, percentile, mse, entropy)
+    calibration_options: that method's knobs, e.g. {"p": 99.99} for percentile
+    symmetric_activations: zero point 0 for activations (default asymmetric)
+    keep_float: layers kept in float, by node name or module path prefix ("encoder.layer.0")
+    keep_float_ops: op kinds kept in float ("linear", "conv2d", "matmul", "add", "pool", "cat")
+    numerics: compare each pass's output with the float model (report and bisect)
+    progress: show progress bars (None: only on a terminal)
+    """
+    calibration: str = "minmax"
+    calibration_options: tuple[tuple[str, Any], ...] = ()
+    symmetric_activations: bool = False
+    keep_float: tuple[str, ...] = ()
+    keep_float_ops: tuple[str, ...] = ()
+    numerics: bool = True
+    progress: bool | None = None
+
+    def calibration_knobs(self) -> dict[str, Any]:
+        return dict(self.calibration_options)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named quantization scheme."""
+    name: str
+    activations: str            # "static" (calibrated per tensor) or "dynamic" (per token at run time)
+    weights: str = "int8-per-channel"
+    description: str = ""
+    options: QuantOptions = field(default_factory=QuantOptions)
+
+    @property
+    def dynamic(self) -> bool:
+        return self.activations == "dynamic"
+
+
+RECIPES: dict[str, Recipe] = {
+    "w8a8": Recipe("w8a8", "static", description=(
+        "int8 weights per output channel (symmetric), int8 activations per tensor "
+        "(asymmetric unless symmetric_activations), calibrated ranges")),
+    "w8a8-dynamic": Recipe("w8a8-dynamic", "dynamic", description=(
+        "int8 weights per output channel; linear-layer activations quantized per token "
+        "at run time (asymmetric int8)")),
+}
+
+_OPTION_KINDS = {"linear", "conv2d", "matmul", "add", "pool", "cat"}
+
+
+def _as_options(options: Any) -> QuantOptions:
+    if options is None:
+        return QuantOptions()
+    if isinstance(options, QuantOptions):
+        return options
+    if dataclasses.is_dataclass(options) and not isinstance(options, type):
+        options = dataclasses.asdict(options)
+    if not isinstance(options, Mapping):
+        raise RecipeError(f"options must be a dict or QuantOptions, got {type(options).__name__}")
+    valid = {f.name for f in dataclasses.fields(QuantOptions)}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise RecipeError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+    values = dict(options)
+    if isinstance(values.get("calibration_options"), Mapping):
+        values["calibration_options"] = tuple(sorted(values["calibration_options"].items()))
+    for key in ("keep_float", "keep_float_ops"):
+        if isinstance(values.get(key), str):
+            values[key] = (values[key],)
+        if key in values:
+            values[key] = tuple(values[key])
+    return QuantOptions(**values)
+
+
+def _check(options: QuantOptions) -> None:
+    if options.calibration not in CALIBRATION_METHODS:
+        raise RecipeError(f"unknown calibration method '{options.calibration}'; "
+                          f"valid: {', '.join(CALIBRATION_METHODS)}")
+    bad = sorted(set(options.keep_float_ops) - _OPTION_KINDS)
+    if bad:
+        raise RecipeError(f"keep_float_ops: unknown op kind(s) {', '.join(bad)}; "
+                          f"valid: {', '.join(sorted(_OPTION_KINDS))}")
+
+
+def resolve_recipe(recipe: "str | Recipe", options: Any = None) -> Recipe:
+    """The recipe named `recipe` with `options` applied; RecipeError names what is wrong."""
+    if isinstance(recipe, Recipe):
+        base = recipe
+    elif recipe in RECIPES:
+        base = RECIPES[recipe]
+    else:
+        raise RecipeError(f"unknown recipe '{recipe}'; valid: {', '.join(sorted(RECIPES))}")
+    resolved = _as_options(options)
+    _check(resolved)
+    return dataclasses.replace(base, options=resolved)

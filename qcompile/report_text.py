@@ -1,0 +1,42 @@
+"""The report as a plain-text table."""
+from __future__ import annotations
+
+
+def _db(value) -> str:
+    if value is None:
+        return "-"
+    if value == float("inf"):
+        return "exact"
+    return f"{value:.1f}"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return out
+
+
+def render(report) -> str:
+    t = report.totals
+    lines = [f"qcompile report: target={report.target} recipe={report.recipe}",
+             f"  ops quantized: {t['ops_quantized']}   ops left float: {t['ops_float']}   "
+             f"weights: {t['weight_bytes_before']} -> {t['weight_bytes_after']} bytes   "
+             f"output SQNR: {_db(report.output_sqnr_db)} dB"]
+    if report.calibration:
+        c = report.calibration
+        lines.append(f"  calibration: {c.get('method')} over {c.get('batches')} batch(es), "
+                     f"{c.get('observed_values')} observed values")
+    lines.append("")
+    rows = [[r.name, r.op, r.inputs, r.output, r.kernel or "-", _db(r.sqnr_db),
+             r.float_reason or ""] for r in report.nodes]
+    lines += _table(["node", "op", "in", "out", "kernel", "SQNR dB", "float island reason"], rows)
+    lines.append("")
+    prow = [[str(p.index), p.name, "yes" if p.changed else "no", f"{p.seconds * 1000:.1f}",
+             _db(p.sqnr_db)] for p in report.passes]
+    lines += _table(["#", "pass", "changed", "ms", "output SQNR dB"], prow)
+    for level, pass_name, text in report.diagnostics:
+        lines.append(f"{level}: [{pass_name or 'compile'}] {text}")
+    return "\n".join(lines) + "\n"
