@@ -17,9 +17,10 @@ from qcompile.registry import PassResult, register_pass
 
 from .anchors import ANCHOR_RULES
 from .commute import COMMUTE_RULES
+from .float_out import FLOAT_OUT_RULES
 from .pooling import POOL_RULES
 
-RULES = ANCHOR_RULES + POOL_RULES + COMMUTE_RULES
+RULES = ANCHOR_RULES + POOL_RULES + FLOAT_OUT_RULES + COMMUTE_RULES
 MAX_ROUNDS = 64
 
 

@@ -6,7 +6,7 @@ import torch.fx as fx
 from qcompile.facts import facts_of, update_facts
 from qcompile.registry import PassResult, register_pass
 
-from .plan import observation_points, quantizable_anchors
+from .plan import observation_points, plan
 from .site import ObserverSite
 
 
@@ -23,10 +23,10 @@ def _insert_site(gm: fx.GraphModule, value: fx.Node) -> fx.Node:
 @register_pass("observe")
 def observe(gm: fx.GraphModule, ctx) -> PassResult:
     """Insert observer sites at the inputs and outputs of every op the recipe quantizes."""
-    anchors = quantizable_anchors(gm, ctx, record=True)
+    anchors, needed = plan(gm, ctx, record=True)
     if ctx.recipe.dynamic:
         return PassResult(gm, False, {"anchors": len(anchors), "observed": 0})
-    points = observation_points(anchors)
+    points = observation_points(anchors, needed)
     for value in points:
         _insert_site(gm, value)
     return PassResult(gm, bool(points), {"anchors": len(anchors), "observed": len(points)})

@@ -79,7 +79,7 @@ def skip_reason(gm, node: fx.Node, kind: str, ctx) -> str | None:
 
 
 def quantizable_anchors(gm: fx.GraphModule, ctx, record: bool = False) -> list[tuple]:
-    """(node, kind) of every op the recipe quantizes; with `record`, skipped ops get a reason."""
+    """(node, kind) of every op the recipe could quantize; with `record`, others get a reason."""
     found = []
     for node in gm.graph.nodes:
         kind = anchor_kind(node)
@@ -101,11 +101,39 @@ def range_root(value: fx.Node) -> fx.Node:
     return value
 
 
-def observation_points(anchors: list[tuple]) -> list[fx.Node]:
-    """Values needing a calibrated range: anchor inputs (at their range root) and outputs."""
+# Anchors worth quantizing only when their output is needed in int8 by a quantized consumer;
+# linear, conv2d and matmul are always quantized (their output may stay float32).
+OUTPUT_DRIVEN = {"add", "pool", "cat"}
+
+
+def plan(gm: fx.GraphModule, ctx, record: bool = False) -> tuple[list[tuple], set]:
+    """Decide, from the outputs back, which anchors run in int8 and which outputs are int8.
+
+    Returns (anchors, int8_values): quantized (node, kind) pairs and the values that must be
+    int8 because a quantized op reads them (anchor inputs, at their range root).
+    """
+    candidates = quantizable_anchors(gm, ctx, record)
+    needed: set = set()
+    chosen = []
+    for node, kind in reversed(candidates):
+        if kind in OUTPUT_DRIVEN and group_output(node) not in needed:
+            if record:
+                update_facts(node, float_reason="its output only feeds float ops")
+            continue
+        chosen.append((node, kind))
+        needed.update(range_root(x) for x in activation_inputs(node, kind))
+    chosen.reverse()
+    return chosen, needed
+
+
+def observation_points(anchors: list[tuple], needed: set) -> list[fx.Node]:
+    """Values needing a calibrated range: anchor inputs (at their range root) and the
+    outputs that a quantized consumer reads."""
     points: dict[fx.Node, None] = {}
     for node, kind in anchors:
         for operand in activation_inputs(node, kind):
             points[range_root(operand)] = None
-        points[group_output(node)] = None
+        out = group_output(node)
+        if out in needed:
+            points[out] = None
     return list(points)

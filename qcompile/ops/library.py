@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from qcompile.ops import reference
+from qcompile.ops import float_out, reference
 
 Tensor = torch.Tensor
 
@@ -15,11 +15,16 @@ OP_NAMES = (
     "qlinear", "qconv2d", "qmatmul", "qadd", "qmax_pool2d", "qavg_pool2d", "qmean", "qcat",
     "qclamp", "qlinear_dynamic",
 )
+FLOAT_OUT_OP_NAMES = ("qlinear_f32", "qconv2d_f32", "qmatmul_f32")
 
 OPS = {
     name: torch.library.custom_op(f"qcompile::{name}", getattr(reference, name), mutates_args=())
     for name in OP_NAMES
 }
+OPS.update({
+    name: torch.library.custom_op(f"qcompile::{name}", getattr(float_out, name), mutates_args=())
+    for name in FLOAT_OUT_OP_NAMES
+})
 
 
 def _like(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -115,3 +120,21 @@ def _qclamp_fake(x, qmin, qmax):
 @OPS["qlinear_dynamic"].register_fake
 def _qlinear_dynamic_fake(x, w, w_scale, bias: Optional[Tensor]):
     return x.new_empty((*x.shape[:-1], w.shape[0]), dtype=torch.float32)
+
+
+@OPS["qlinear_f32"].register_fake
+def _qlinear_f32_fake(x, x_zp, w, bias: Optional[Tensor], scale):
+    return x.new_empty((*x.shape[:-1], w.shape[0]), dtype=torch.float32)
+
+
+@OPS["qconv2d_f32"].register_fake
+def _qconv2d_f32_fake(x, x_zp, w, bias: Optional[Tensor], scale, stride, padding, dilation,
+                      groups):
+    out = _qconv2d_fake(x, x_zp, w, None, scale, scale, 0, -128, 127, stride, padding,
+                        dilation, groups)
+    return out.to(torch.float32)
+
+
+@OPS["qmatmul_f32"].register_fake
+def _qmatmul_f32_fake(a, a_zp, b, b_zp, scale):
+    return torch.matmul(a.to(torch.float32), b.to(torch.float32))
