@@ -1,6 +1,15 @@
 """qcompile: a quantizing compiler for PyTorch models."""
 from __future__ import annotations
 
+import os as _os
+
+# In a source checkout, `passes/` and `backends/` sit beside this package; installed, they
+# are its subpackages (see pyproject.toml). Let the checkout import them the same way.
+_ROOT = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "passes")) and \
+        _os.path.isfile(_os.path.join(_ROOT, "passes", "__init__.py")):
+    __path__.append(_ROOT)
+
 from . import ops  # noqa: F401  (registers the qcompile:: torch ops)
 from .api import compile
 from .compiled import CompiledModel

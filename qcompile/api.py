@@ -17,6 +17,10 @@ def _load_builtin_passes() -> None:
     from . import passes  # noqa: F401  (registers every built-in pass)
 
 
+# Registered on `import qcompile`, so Pipeline.parse() and list_passes() see them before a compile.
+_load_builtin_passes()
+
+
 def _calibration(calibration_data, example_inputs, ctx_warn):
     if calibration_data is None:
         ctx_warn("no calibration_data given: calibrating on the example inputs only, which "
@@ -46,7 +50,8 @@ def compile(model, target: str = "reference", example_inputs=None, calibration_d
         instruments.append(NumericsInstrument())
     if dump_dir is not None:
         instruments.append(DumpInstrument(dump_dir))
-    manager = PassManager(Pipeline.parse(pipeline or tgt.pipeline, default=tgt.pipeline),
+    manager = PassManager(Pipeline.parse(tgt.pipeline if pipeline is None else pipeline,
+                                         default=tgt.pipeline),
                           instruments)
     graph = manager(captured.graph_module, ctx).graph_module
     runner = tgt.backend().build(graph, resolved.options)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
+from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 from .errors import CaptureError, QCompileWarning
 
@@ -96,7 +97,7 @@ def _input_specs(gm: fx.GraphModule) -> tuple[InputSpec, ...]:
         val = node.meta.get("val")
         if not isinstance(val, torch.Tensor):
             continue
-        shape = tuple(d if isinstance(d, int) else None for d in val.shape)
+        shape = tuple(int(d) if is_concrete_int(d) else None for d in val.shape)
         specs.append(InputSpec(node.name, val.dtype, shape))
     return tuple(specs)
 

@@ -16,13 +16,16 @@ class QuantOptions:
 
     calibration: range method for activations (minmax, moving-average, percentile, mse, entropy)
     calibration_options: that method's knobs, e.g. {"p": 99.99} for percentile
+    weight_calibration: per-channel weight scales, "mse" (clipping with least rounding
+        error) or "minmax" (max-abs / 127)
     symmetric_activations: zero point 0 for activations (default asymmetric)
     keep_float: layers kept in float, by node name or module path prefix ("encoder.layer.0")
     keep_float_ops: op kinds kept in float ("linear", "conv2d", "matmul", "add", "pool", "cat")
     numerics: compare each pass's output with the float model (report and bisect)
     progress: show progress bars (None: only on a terminal)
     """
-    calibration: str = "minmax"
+    calibration: str = "mse"
+    weight_calibration: str = "mse"
     calibration_options: tuple[tuple[str, Any], ...] = ()
     symmetric_activations: bool = False
     keep_float: tuple[str, ...] = ()
@@ -63,8 +66,6 @@ _OPTION_KINDS = {"linear", "conv2d", "matmul", "add", "pool", "cat"}
 def _as_options(options: Any) -> QuantOptions:
     if options is None:
         return QuantOptions()
-    if isinstance(options, QuantOptions):
-        return options
     if dataclasses.is_dataclass(options) and not isinstance(options, type):
         options = dataclasses.asdict(options)
     if not isinstance(options, Mapping):
@@ -79,15 +80,38 @@ def _as_options(options: Any) -> QuantOptions:
     for key in ("keep_float", "keep_float_ops"):
         if isinstance(values.get(key), str):
             values[key] = (values[key],)
-        if key in values:
+        if isinstance(values.get(key), list):
             values[key] = tuple(values[key])
     return QuantOptions(**values)
 
 
+_OPTION_TYPES = (("calibration", str), ("symmetric_activations", bool), ("numerics", bool),
+                 ("progress", (bool, type(None))))
+
+
+def _check_types(options: QuantOptions) -> None:
+    for name, kinds in _OPTION_TYPES:
+        value = getattr(options, name)
+        if not isinstance(value, kinds):
+            raise RecipeError(f"option {name} expects {getattr(kinds, '__name__', 'bool or None')}, "
+                              f"got {value!r}")
+    for name in ("keep_float", "keep_float_ops"):
+        value = getattr(options, name)
+        if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+            raise RecipeError(f"option {name} expects a list of strings, got {value!r}")
+    pairs = options.calibration_options
+    if not isinstance(pairs, tuple) or not all(isinstance(p, tuple) and len(p) == 2 for p in pairs):
+        raise RecipeError(f"option calibration_options expects a dict, got {pairs!r}")
+
+
 def _check(options: QuantOptions) -> None:
+    _check_types(options)
     if options.calibration not in CALIBRATION_METHODS:
         raise RecipeError(f"unknown calibration method '{options.calibration}'; "
                           f"valid: {', '.join(CALIBRATION_METHODS)}")
+    if options.weight_calibration not in ("minmax", "mse"):
+        raise RecipeError(f"unknown weight_calibration '{options.weight_calibration}'; "
+                          "valid: minmax, mse")
     bad = sorted(set(options.keep_float_ops) - _OPTION_KINDS)
     if bad:
         raise RecipeError(f"keep_float_ops: unknown op kind(s) {', '.join(bad)}; "
@@ -98,10 +122,10 @@ def resolve_recipe(recipe: "str | Recipe", options: Any = None) -> Recipe:
     """The recipe named `recipe` with `options` applied; RecipeError names what is wrong."""
     if isinstance(recipe, Recipe):
         base = recipe
-    elif recipe in RECIPES:
+    elif isinstance(recipe, str) and recipe in RECIPES:
         base = RECIPES[recipe]
     else:
         raise RecipeError(f"unknown recipe '{recipe}'; valid: {', '.join(sorted(RECIPES))}")
-    resolved = _as_options(options)
+    resolved = _as_options(base.options if options is None else options)
     _check(resolved)
     return dataclasses.replace(base, options=resolved)

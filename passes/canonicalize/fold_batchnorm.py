@@ -1,9 +1,12 @@
 """fold-batchnorm: conv2d/linear followed by inference BatchNorm -> one conv2d/linear."""
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.fx as fx
 
+from qcompile.facts import facts_of
 from qcompile.graph_edit import add_constant, constant_value
 from qcompile.op_kinds import arg
 from qcompile.registry import PassResult, register_pass
@@ -26,9 +29,26 @@ def _bn_params(gm, bn: fx.Node):
     return weight, bias, mean, var, eps
 
 
+def _normalized_values(bn: fx.Node) -> list[fx.Node] | None:
+    """Nodes holding the normalized value: bn itself, or getitem(bn, 0) for the tuple variant."""
+    if bn.target is aten.batch_norm.default:
+        return [bn]
+    users = list(bn.users)
+    ok = all(u.target is operator.getitem and u.args[1] == 0 for u in users)
+    return users if ok else None
+
+
+def _channels_match(producer: fx.Node) -> bool:
+    """BatchNorm normalizes dim 1: a linear's features only when its output is [N, C]."""
+    info = facts_of(producer).tensor
+    return producer.target is aten.conv2d.default or (info is not None and len(info.shape) == 2)
+
+
 def _foldable(gm, bn: fx.Node):
     producer = bn.args[0]
     if not isinstance(producer, fx.Node) or producer.target not in PRODUCERS:
+        return None
+    if _normalized_values(bn) is None or not _channels_match(producer):
         return None
     if len(producer.users) != 1 or constant_value(gm, producer.args[1]) is None:
         return None
@@ -56,7 +76,10 @@ def _fold(gm, bn: fx.Node, producer: fx.Node, params) -> None:
     args[1], args[2] = w_node, b_node
     producer.args = tuple(args)
     producer.kwargs = {k: v for k, v in producer.kwargs.items() if k != "bias"}
-    bn.replace_all_uses_with(producer)
+    for value in _normalized_values(bn):
+        value.replace_all_uses_with(producer)
+        if value is not bn:
+            gm.graph.erase_node(value)
     gm.graph.erase_node(bn)
 
 

@@ -34,12 +34,26 @@ def _is_noop_cast(node: fx.Node) -> bool:
     return a is not None and b is not None and a.dtype == b.dtype
 
 
+def _written_in_place(node: fx.Node) -> bool:
+    """True when a user writes into `node` in place (and is not respelled out-of-place)."""
+    for user in node.users:
+        schema = getattr(user.target, "_schema", None)
+        if schema is None or RESPELL.get(user.target) is not None:
+            continue
+        for i, a in enumerate(schema.arguments):
+            value = user.args[i] if i < len(user.args) else user.kwargs.get(a.name)
+            if value is node and a.alias_info is not None and a.alias_info.is_write:
+                return True
+    return False
+
+
 def _rewrite(node: fx.Node) -> bool:
     target = node.target
     if target in ERASE and not node.users:
         node.graph.erase_node(node)
         return True
-    if target in IDENTITY or (target in CASTS and _is_noop_cast(node)):
+    if (target in IDENTITY or (target in CASTS and _is_noop_cast(node))) and \
+            not _written_in_place(node):
         node.replace_all_uses_with(node.args[0])
         node.graph.erase_node(node)
         return True

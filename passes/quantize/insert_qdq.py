@@ -7,7 +7,8 @@ import torch.fx as fx
 from qcompile.errors import PipelineError
 from qcompile.facts import ChannelQParams, facts_of, update_facts
 from qcompile.graph_edit import add_constant, call_before, constant_value
-from qcompile.quant_math import WEIGHT_QMAX, WEIGHT_QMIN, weight_scales_per_channel
+from qcompile.quant_math import WEIGHT_QMAX, WEIGHT_QMIN
+from qcompile.weight_ranges import weight_scales
 from qcompile.ops import reference
 from qcompile.registry import PassResult, register_pass
 
@@ -36,9 +37,9 @@ def _replace_site(gm: fx.GraphModule, node: fx.Node) -> None:
     gm.delete_submodule(target)
 
 
-def _quantize_weight(gm: fx.GraphModule, anchor: fx.Node) -> None:
+def _quantize_weight(gm: fx.GraphModule, anchor: fx.Node, method: str) -> None:
     weight = constant_value(gm, anchor.args[1]).detach().float()
-    scales = weight_scales_per_channel(weight, axis=0)
+    scales = weight_scales(weight, method)
     wq = reference.quantize_per_channel(weight, scales, 0, WEIGHT_QMIN, WEIGHT_QMAX)
     wq_node = add_constant(gm, f"{anchor.name}_weight_int8", wq, anchor)
     ws_node = add_constant(gm, f"{anchor.name}_weight_scale", scales, anchor)
@@ -58,7 +59,7 @@ def insert_qdq(gm: fx.GraphModule, ctx) -> PassResult:
     weights = 0
     for anchor, kind in anchors:
         if kind in ("linear", "conv2d"):
-            _quantize_weight(gm, anchor)
+            _quantize_weight(gm, anchor, ctx.options.weight_calibration)
             weights += 1
     return PassResult(gm, bool(sites) or weights > 0,
                       {"activations": len(sites), "weights": weights})
