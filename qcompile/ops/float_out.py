@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .exact import exact_matmul
 from .reference import _check_dtype, _to_exact_int64, as_pair
 
 Tensor = torch.Tensor
@@ -33,7 +34,7 @@ def qlinear_f32(x: Tensor, x_zp: int, w: Tensor, bias: Optional[Tensor], scale: 
     if w.dim() != 2 or x.dim() < 1 or x.shape[-1] != w.shape[1]:
         raise ValueError(f"qlinear_f32 shapes do not match: x {list(x.shape)}, w {list(w.shape)}")
     _check_channel_floats(w.shape[0], scale=scale, bias=bias)
-    acc = _to_exact_int64((x.to(torch.float64) - x_zp) @ w.to(torch.float64).T)
+    acc = exact_matmul(x.to(torch.int32) - x_zp, w.T, 255, 128)
     y = acc.to(torch.float32) * scale
     return y if bias is None else y + bias
 
@@ -59,5 +60,5 @@ def qmatmul_f32(a: Tensor, a_zp: int, b: Tensor, b_zp: int, scale: float) -> Ten
     """int8 matmul of two activations -> float32: float32(acc) * scale (scale is float32)."""
     _check_dtype("a", a, torch.int8)
     _check_dtype("b", b, torch.int8)
-    acc = torch.matmul(a.to(torch.float64) - a_zp, b.to(torch.float64) - b_zp)
-    return _to_exact_int64(acc).to(torch.float32) * torch.tensor(scale, dtype=torch.float32)
+    acc = exact_matmul(a.to(torch.int32) - a_zp, b.to(torch.int32) - b_zp, 255, 255)
+    return acc.to(torch.float32) * torch.tensor(scale, dtype=torch.float32)

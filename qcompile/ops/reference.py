@@ -1,8 +1,8 @@
 """Reference kernels of the `qcompile::` ops: the integer semantics every backend matches.
 
-Integer accumulations are exact. GEMMs and convolutions run in float64 on integer
-values, which is exact because every partial sum is an integer below 2**53, then the
-result is converted to int64. Requantization is integer-only:
+Integer accumulations are exact. GEMMs run on float BLAS in chunks short enough that
+every partial sum is an exactly representable integer (see exact.py); convolutions run in
+float64 (exact below 2**53); results are converted to int64. Requantization is integer-only:
 `y = clamp(rounding_right_shift(acc * M, n) + out_zp, qmin, qmax)`.
 A NaN input quantizes to the zero point.
 """
@@ -15,10 +15,13 @@ import torch.nn.functional as F
 
 from qcompile.quant_math import MAX_SHIFT, QMAX, QMIN, rounding_right_shift
 
+from .exact import exact_matmul
+
 Tensor = torch.Tensor
 
 
 # ---- argument checks -------------------------------------------------------------------
+
 
 def _check_dtype(name: str, t: Tensor, dtype: torch.dtype) -> None:
     if not isinstance(t, Tensor):
@@ -161,7 +164,7 @@ def qlinear(x: Tensor, x_zp: int, w: Tensor, bias: Optional[Tensor], multiplier:
         raise ValueError(f"qlinear shapes do not match: x {list(x.shape)}, w {list(w.shape)}")
     _check_per_channel(w.shape[0], bias, multiplier=multiplier, shift=shift)
     _check_bounds(qmin, qmax)
-    acc = _to_exact_int64((x.to(torch.float64) - x_zp) @ w.to(torch.float64).T)
+    acc = exact_matmul(x.to(torch.int32) - x_zp, w.T, 255, 128)
     if bias is not None:
         acc = acc + bias.to(torch.int64)
     return _requantize_acc(acc, multiplier, shift.to(torch.int64), out_zp, qmin, qmax)
@@ -196,8 +199,8 @@ def qmatmul(a: Tensor, a_zp: int, b: Tensor, b_zp: int, multiplier: int, shift: 
     _check_dtype("a", a, torch.int8)
     _check_dtype("b", b, torch.int8)
     _check_requant(multiplier, shift, qmin, qmax)
-    acc = torch.matmul(a.to(torch.float64) - a_zp, b.to(torch.float64) - b_zp)
-    return _requantize_acc(_to_exact_int64(acc), multiplier, shift, out_zp, qmin, qmax)
+    acc = exact_matmul(a.to(torch.int32) - a_zp, b.to(torch.int32) - b_zp, 255, 255)
+    return _requantize_acc(acc, multiplier, shift, out_zp, qmin, qmax)
 
 
 # ---- elementwise -----------------------------------------------------------------------
@@ -311,6 +314,6 @@ def qlinear_dynamic(x: Tensor, w: Tensor, w_scale: Tensor, bias: Optional[Tensor
         if tuple(t.shape) != (w.shape[0],):
             raise ValueError(f"{name} must have shape [{w.shape[0]}], got {list(t.shape)}")
     q, s, zp = quantize_per_token(x)
-    acc = (q.to(torch.float64) - zp.to(torch.float64)) @ w.to(torch.float64).T
+    acc = exact_matmul(q.to(torch.int32) - zp, w.T, 255, 128)
     y = acc.to(torch.float32) * (s * w_scale)
     return y if bias is None else y + bias
