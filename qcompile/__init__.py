@@ -12,6 +12,7 @@ if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "passes")) and \
 
 from . import ops  # noqa: F401  (registers the qcompile:: torch ops)
 from .api import compile
+from .artifact import load_compiled as load
 from .compiled import CompiledModel
 from .context import PassContext
 from .errors import (ArtifactError, BackendError, CalibrationError, CaptureError, InputError,
@@ -27,7 +28,7 @@ from .targets import targets
 __version__ = "0.1.0"
 
 __all__ = [
-    "compile", "targets", "register_pass", "PassResult", "PassContext", "Pipeline",
+    "compile", "load", "targets", "register_pass", "PassResult", "PassContext", "Pipeline",
     "default_pipeline", "list_passes", "CompiledModel", "QuantOptions", "Recipe", "RECIPES",
     "NodeFacts", "QParams", "facts_of", "update_facts", "QCompileError", "CaptureError",
     "PipelineError", "TargetError", "RecipeError", "CalibrationError", "VerificationError",

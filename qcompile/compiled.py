@@ -30,6 +30,11 @@ class CompiledModel:
         check_inputs(args, self.input_specs, "compiled model input", error=InputError)
         return self._runner(*args)
 
+    def save(self, path: str) -> None:
+        """Write one versioned, checksummed file: graph, weights, qparams, target, versions."""
+        from .artifact import save_compiled
+        save_compiled(self, path)
+
     def __repr__(self) -> str:
         return (f"CompiledModel(target={self.target!r}, recipe={self.recipe.name!r}, "
                 f"inputs=[{', '.join(s.describe() for s in self.input_specs)}])")

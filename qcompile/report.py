@@ -49,8 +49,13 @@ class Report:
     def float_islands(self) -> list[NodeRow]:
         return [r for r in self.nodes if r.float_reason]
 
-    def to_dict(self) -> dict:
-        return _finite(asdict(self))
+    def to_dict(self, deterministic: bool = False) -> dict:
+        """As plain data; `deterministic` drops timings (for byte-identical artifacts)."""
+        data = _finite(asdict(self))
+        if deterministic:
+            for row in data["passes"]:
+                row["seconds"] = 0.0
+        return data
 
     def to_json(self, indent: int = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
@@ -113,3 +118,16 @@ def totals_for(final_gm, float_gm) -> dict:
     return {"ops_quantized": len(int_ops), "ops_float": len(float_ops),
             "weight_bytes_before": weight_bytes(float_gm) if float_gm is not None else None,
             "weight_bytes_after": weight_bytes(final_gm)}
+
+
+def _number(value):
+    return float(value) if isinstance(value, str) and value in ("inf", "-inf", "nan") else value
+
+
+def report_from_dict(data: dict) -> Report:
+    """Rebuild a Report saved with `to_dict`."""
+    nodes = [NodeRow(**{**row, "sqnr_db": _number(row["sqnr_db"])}) for row in data["nodes"]]
+    passes = [PassRow(**{**row, "sqnr_db": _number(row["sqnr_db"])}) for row in data["passes"]]
+    diagnostics = [tuple(d) for d in data["diagnostics"]]
+    return Report(data["target"], data["recipe"], nodes, passes, data["totals"],
+                  data["calibration"], diagnostics, _number(data["output_sqnr_db"]))
