@@ -48,12 +48,15 @@ def compile(model, target: str = "reference", example_inputs=None, calibration_d
     instruments = [snapshot]
     if resolved.options.numerics:
         instruments.append(NumericsInstrument())
-    if dump_dir is not None:
-        instruments.append(DumpInstrument(dump_dir))
+    dumper = DumpInstrument(dump_dir) if dump_dir is not None else None
+    if dumper is not None:
+        instruments.append(dumper)
     manager = PassManager(Pipeline.parse(tgt.pipeline if pipeline is None else pipeline,
                                          default=tgt.pipeline),
                           instruments)
     graph = manager(captured.graph_module, ctx).graph_module
     runner = tgt.backend().build(graph, resolved.options)
+    if dumper is not None:
+        dumper.write_final(graph)
     report = build_report(graph, snapshot.snapshot, manager.records, ctx)
     return CompiledModel(graph, runner, report, tgt.name, resolved, captured.input_specs)

@@ -125,4 +125,16 @@ def capture(model: torch.nn.Module, example_inputs) -> Captured:
                                source=_user_location(err)) from err
     gm = program.module()
     _drop_guard_module(gm)
-    return Captured(gm, _input_specs(gm))
+    specs = _input_specs(gm)
+    _warn_fixed_batch(args, specs)
+    return Captured(gm, specs)
+
+
+def _warn_fixed_batch(args: tuple, specs: tuple) -> None:
+    tensors = [a for a in args if isinstance(a, torch.Tensor) and a.dim() > 0]
+    if specs and tensors and all(s.shape and s.shape[0] is not None for s in specs) \
+            and any(t.shape[0] == 1 for t in tensors):
+        warnings.warn("qcompile: the example inputs have batch size 1, so the batch dimension "
+                      "is fixed at 1 (torch.export specializes sizes 0 and 1); give an example "
+                      "with batch size >= 2 to run other batch sizes", QCompileWarning,
+                      stacklevel=4)

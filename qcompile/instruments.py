@@ -32,13 +32,17 @@ class DumpInstrument(Instrument):
 
     def begin(self, gm, ctx) -> None:
         os.makedirs(self.dump_dir, exist_ok=True)
+        for name in os.listdir(self.dump_dir):
+            if name[:3].isdigit() and name.endswith(".txt") or name in ("final.txt", "final.dot"):
+                os.remove(os.path.join(self.dump_dir, name))
         self._write("000-capture.txt", format_graph(gm))
 
     def after_pass(self, record: PassRecord, gm, ctx, outputs) -> None:
         if record.changed or not self.only_changed:
             self._write(f"{record.index:03d}-{_safe(record.name)}.txt", format_graph(gm))
 
-    def end(self, gm, ctx) -> None:
+    def write_final(self, gm) -> None:
+        """The graph as the backend runs it (kernels chosen): final.txt and final.dot."""
         self._write("final.txt", format_graph(gm))
         self._write("final.dot", graph_to_dot(gm))
 

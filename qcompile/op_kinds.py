@@ -46,7 +46,7 @@ FLOAT_ONLY = {
     aten.batch_norm.default: "batchnorm", aten.hardtanh.default: "hardtanh",
     aten.exp.default: "exp", aten.sqrt.default: "sqrt", aten.rsqrt.default: "rsqrt",
     aten.pow.Tensor_Scalar: "pow", aten.max_pool2d.default: "maxpool",
-    aten.scaled_dot_product_attention.default: "attention",
+    aten.scaled_dot_product_attention.default: "attention", aten.relu.default: "relu",
 }
 
 # Nodes that compute nothing worth reporting (indexing into tuples, symbolic sizes).

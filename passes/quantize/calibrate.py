@@ -6,7 +6,7 @@ from contextlib import contextmanager
 import torch
 import torch.fx as fx
 
-from qcompile.errors import CalibrationError
+from qcompile.errors import CalibrationError, PipelineError
 from qcompile.facts import QParams, ValueRange, update_facts
 from qcompile.inputs import as_tuple, check_inputs
 from qcompile.observers import make_observer
@@ -17,13 +17,18 @@ from qcompile.registry import PassResult, register_pass
 from .site import observer_sites
 
 
-def _number(text):
+def _number(name: str, text):
     if text is None or not isinstance(text, str):
         return text
     try:
         return int(text)
     except ValueError:
+        pass
+    try:
         return float(text)
+    except ValueError:
+        raise PipelineError(f"option '{name}' of pass 'calibrate' expects a number, got "
+                            f"'{text}'") from None
 
 
 def _make(method: str, knobs: dict, symmetric: bool):
@@ -85,7 +90,7 @@ def calibrate(gm: fx.GraphModule, ctx, *, method=None, p=None, averaging_constan
     knobs = ctx.options.calibration_knobs()
     passed = {"p": p, "averaging_constant": averaging_constant, "candidates": candidates,
               "bins": bins}
-    knobs.update({k: _number(v) for k, v in passed.items() if v is not None})
+    knobs.update({k: _number(k, v) for k, v in passed.items() if v is not None})
     symmetric = ctx.options.symmetric_activations
     for _, site in sites:
         site.observer = _make(method, knobs, symmetric)

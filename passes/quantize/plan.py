@@ -66,7 +66,12 @@ def _shape_problem(gm, node: fx.Node, kind: str) -> str | None:
 
 
 def skip_reason(gm, node: fx.Node, kind: str, ctx) -> str | None:
-    """Why `node` stays float under the recipe, or None when it is quantized."""
+    """Why `node` stays float under the recipe, or None when it is quantized.
+
+    A float_reason set by an earlier pass (a user pass, say) is respected."""
+    earlier = facts_of(node).float_reason
+    if earlier:
+        return earlier
     if ctx.recipe.dynamic and kind != "linear":
         return f"recipe {ctx.recipe.name} quantizes linear layers only"
     kept = _kept_by_option(node, kind, ctx.options)
