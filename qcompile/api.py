@@ -55,7 +55,7 @@ def compile(model, target: str = "reference", example_inputs=None, calibration_d
                                          default=tgt.pipeline),
                           instruments)
     graph = manager(captured.graph_module, ctx).graph_module
-    runner = tgt.backend().build(graph, resolved.options)
+    runner = tgt.backend().build(graph, resolved.options, args)
     if dumper is not None:
         dumper.write_final(graph)
     report = build_report(graph, snapshot.snapshot, manager.records, ctx)

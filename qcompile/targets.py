@@ -46,6 +46,13 @@ def _always() -> tuple[bool, str]:
     return True, ""
 
 
+def _tvm_available() -> tuple[bool, str]:
+    import importlib.util
+    if importlib.util.find_spec("tvm") is None:
+        return False, "apache-tvm is not installed (pip install 'qcompile[cpu]')"
+    return True, ""
+
+
 def _not_built(what: str) -> Callable[[], tuple[bool, str]]:
     return lambda: (False, f"{what} backend is not part of this version of qcompile")
 
@@ -53,8 +60,8 @@ def _not_built(what: str) -> Callable[[], tuple[bool, str]]:
 TARGETS: dict[str, Target] = {
     "reference": Target("reference", "integer reference kernels in torch, the specification",
                         "qcompile.backends.reference", _always),
-    "cpu-int8": Target("cpu-int8", "TVM-generated int8 kernels for this CPU", None,
-                       _not_built("the TVM CPU")),
+    "cpu-int8": Target("cpu-int8", "TVM-generated int8 kernels for this CPU",
+                       "qcompile.backends.tvm.backend", _tvm_available),
     "npu-int8": Target("npu-int8", "integer-only C for NPU-like targets", None,
                        _not_built("the NPU C")),
     "cuda-int8": Target("cuda-int8", "CUDA engine from hand-written int8 kernels", None,

@@ -43,7 +43,7 @@ class ReferenceRunner:
             return self.gm(*args)
 
 
-def build(gm: fx.GraphModule, options=None) -> ReferenceRunner:
+def build(gm: fx.GraphModule, options=None, example_inputs=None) -> ReferenceRunner:
     """Check the lowered graph and record which kernel runs each compute node."""
     _check_runnable(gm)
     for node in gm.graph.nodes:

@@ -88,7 +88,9 @@ def load_compiled(path: str):
         _attach(root, name, value)
     gm = fx.GraphModule(root, decode_graph(header["graph"]))
     _codegen(gm, header.get("pytree", {}))
-    runner = target.backend().build(gm, None)
     specs = tuple(InputSpec(n, _DTYPE_NAMES[d], tuple(shape)) for n, d, shape in header["input_specs"])
+    examples = tuple(torch.zeros([2 if d is None else d for d in s.shape], dtype=s.dtype)
+                     for s in specs)
+    runner = target.backend().build(gm, None, examples)
     return CompiledModel(gm, runner, report_from_dict(header["report"]), target.name,
                          resolve_recipe(header["recipe"]), specs)

@@ -1,0 +1,56 @@
+"""Lowered fx graph -> Relax IRModule: TVM's torch importer for the float ops, the
+converters of relax_ops*.py for the qcompile integer ops."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.fx as fx
+
+from qcompile.errors import BackendError
+from qcompile.op_kinds import is_qcompile_op
+
+from . import relax_ops as ops
+from . import relax_ops_pool as pool
+
+CONVERTERS = {
+    "quantize.default": ops._quantize, "dequantize.default": ops._dequantize,
+    "requantize.default": ops._requantize, "qlinear.default": ops._qlinear,
+    "qlinear_f32.default": ops._qlinear_f32, "qconv2d.default": ops._qconv2d,
+    "qconv2d_f32.default": ops._qconv2d_f32, "qmatmul.default": ops._qmatmul,
+    "qmatmul_f32.default": ops._qmatmul_f32, "qadd.default": ops._qadd,
+    "qmax_pool2d.default": pool._qmax_pool2d, "qavg_pool2d.default": pool._qavg_pool2d,
+    "qmean.default": pool._qmean, "qcat.default": pool._qcat, "qclamp.default": pool._qclamp,
+    "qlinear_dynamic.default": pool._qlinear_dynamic,
+}
+
+
+def check_supported(gm: fx.GraphModule) -> None:
+    for node in gm.graph.nodes:
+        if is_qcompile_op(node) and f"{node.target._opname}.default" not in CONVERTERS:
+            raise BackendError(f"no TVM lowering for {node.target}", node=node)
+
+
+def _export(gm: fx.GraphModule, example_inputs: tuple):
+    auto = torch.export.Dim.AUTO
+    dims = tuple({0: auto} if isinstance(a, torch.Tensor) and a.dim() > 0 else None
+                 for a in example_inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return torch.export.export(gm, example_inputs, dynamic_shapes=dims, strict=False)
+        except Exception:  # noqa: BLE001 - a fixed batch is the fallback
+            return torch.export.export(gm, example_inputs, strict=False)
+
+
+def to_relax(gm: fx.GraphModule, example_inputs: tuple):
+    """The Relax IRModule (function "main") computing the lowered graph."""
+    from tvm.relax.frontend.torch import from_exported_program
+    check_supported(gm)
+    program = _export(gm, example_inputs)
+    try:
+        return from_exported_program(program, custom_convert_map=CONVERTERS,
+                                     run_ep_decomposition=False)
+    except Exception as err:
+        raise BackendError(f"TVM could not import the lowered graph: {type(err).__name__}: "
+                           f"{str(err).splitlines()[0] if str(err) else ''}") from err

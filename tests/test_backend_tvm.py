@@ -1,0 +1,105 @@
+"""cpu-int8 (TVM): the same integers as the reference kernels, op by op and on whole models."""
+import warnings
+
+import pytest
+import torch
+
+import qcompile
+
+pytest.importorskip("tvm")
+warnings.filterwarnings("ignore", category=qcompile.QCompileWarning)
+
+
+class ConvNet(torch.nn.Module):
+    """conv, relu, max pool, depthwise conv, residual add + relu, global mean, linear, gelu."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1, stride=1)
+        self.depthwise = torch.nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8)
+        self.strided = torch.nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False)
+        self.pool = torch.nn.MaxPool2d(2)
+        self.avg = torch.nn.AvgPool2d(2)
+        self.fc1 = torch.nn.Linear(16, 32)
+        self.fc2 = torch.nn.Linear(32, 5)
+
+    def forward(self, x):
+        y = self.pool(torch.relu(self.conv(x)))
+        y = torch.nn.functional.relu6(y + self.depthwise(y))
+        z = torch.cat([self.strided(y), self.avg(y)], dim=1)
+        z = z.mean(dim=(2, 3))
+        return self.fc2(torch.nn.functional.gelu(self.fc1(z)))
+
+
+class AttentionNet(torch.nn.Module):
+    """Linear projections, int8 matmuls and a softmax island."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v = (torch.nn.Linear(16, 16) for _ in range(3))
+        self.out = torch.nn.Linear(16, 16)
+
+    def forward(self, x):
+        scores = torch.matmul(self.q(x), self.k(x).transpose(-1, -2)) * 0.25
+        context = torch.matmul(torch.softmax(scores, dim=-1), self.v(x))
+        return self.out(context) + x
+
+
+def _both(model, x, calibration, recipe="w8a8", options=None):
+    kwargs = dict(example_inputs=(x,), calibration_data=calibration, recipe=recipe,
+                  options=options)
+    return (qcompile.compile(model.eval(), target="reference", **kwargs),
+            qcompile.compile(model.eval(), target="cpu-int8", **kwargs))
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-5, 3e3])
+def test_conv_net_bit_exact_across_scales(scale):
+    torch.manual_seed(0)
+    calibration = [torch.randn(2, 3, 16, 16) * scale for _ in range(3)]
+    ref, cpu = _both(ConvNet(), calibration[0], calibration)
+    for batch in (2, 5):
+        x = torch.randn(batch, 3, 16, 16) * scale
+        assert torch.equal(ref(x), cpu(x))
+
+
+@pytest.mark.parametrize("shift", [0.0, 50.0, -50.0])
+def test_zero_points_at_both_ends_and_clamping(shift):
+    torch.manual_seed(1)
+    calibration = [torch.rand(2, 3, 16, 16) + shift for _ in range(2)]
+    ref, cpu = _both(ConvNet(), calibration[0], calibration)
+    x = torch.randn(3, 3, 16, 16) * 100 + shift       # far outside the calibrated range
+    assert torch.equal(ref(x), cpu(x))
+    zero_points = {n.args[2] for n in cpu.graph.graph.nodes
+                   if n.target is torch.ops.qcompile.quantize.default}
+    assert zero_points & {-128, 127} or shift == 0.0
+
+
+def test_attention_matmuls_and_float_islands_match():
+    torch.manual_seed(2)
+    calibration = [torch.randn(2, 6, 16) for _ in range(3)]
+    ref, cpu = _both(AttentionNet(), calibration[0], calibration)
+    x = torch.randn(2, 6, 16)
+    got, want = cpu(x), ref(x)
+    assert torch.allclose(got, want, atol=1e-4)
+    kernels = {r.kernel for r in cpu.report.nodes}
+    assert any(k.startswith("tvm-") and k.endswith(":qmatmul") for k in kernels)
+
+
+def test_dynamic_linear_bit_exact():
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.Linear(40, 7))
+    x = torch.randn(4, 24)
+    ref, cpu = _both(model, x, [x], recipe="w8a8-dynamic")
+    x = torch.randn(9, 24) * 7
+    assert torch.equal(ref(x), cpu(x))
+
+
+def test_report_names_tvm_kernels():
+    torch.manual_seed(4)
+    x = torch.randn(2, 3, 16, 16)
+    cpu = qcompile.compile(ConvNet().eval(), target="cpu-int8", example_inputs=(x,),
+                           calibration_data=[x])
+    qconv = [r for r in cpu.report.nodes if r.op == "qcompile.qconv2d"]
+    assert qconv and all(r.kernel.startswith("tvm-") for r in qconv)
+    info = {t.name: t for t in qcompile.targets()}
+    assert info["cpu-int8"].available
