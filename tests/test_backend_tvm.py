@@ -103,3 +103,22 @@ def test_report_names_tvm_kernels():
     assert qconv and all(r.kernel.startswith("tvm-") for r in qconv)
     info = {t.name: t for t in qcompile.targets()}
     assert info["cpu-int8"].available
+
+
+@pytest.mark.slow
+def test_minilm_cpu_int8_matches_reference_within_float_island_tolerance():
+    minilm = pytest.importorskip("qcompile.zoo.minilm")
+    from qcompile.zoo.sentences import calibration_sentences, evaluation_sentences
+    model, tokenizer = minilm.load_minilm()
+    encoder = minilm.MiniLMEncoder(model).eval()
+    example = minilm.tokenize(tokenizer, calibration_sentences()[:2], 32)
+    batches = [minilm.tokenize(tokenizer, calibration_sentences()[i:i + 16], 32)
+               for i in range(0, 32, 16)]
+    ref = qcompile.compile(encoder, target="reference", example_inputs=example,
+                           calibration_data=batches)
+    cpu = qcompile.compile(encoder, target="cpu-int8", example_inputs=example,
+                           calibration_data=batches)
+    sentences = evaluation_sentences()[:16]
+    want = minilm.embed(ref, tokenizer, sentences, max_length=32)
+    got = minilm.embed(cpu, tokenizer, sentences, max_length=32)
+    assert minilm.cosine_to_reference(got, want) > 0.999

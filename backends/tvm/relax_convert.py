@@ -50,7 +50,7 @@ def to_relax(gm: fx.GraphModule, example_inputs: tuple):
     program = _export(gm, example_inputs)
     try:
         return from_exported_program(program, custom_convert_map=CONVERTERS,
-                                     run_ep_decomposition=False)
+                                     run_ep_decomposition=True)
     except Exception as err:
         raise BackendError(f"TVM could not import the lowered graph: {type(err).__name__}: "
                            f"{str(err).splitlines()[0] if str(err) else ''}") from err
