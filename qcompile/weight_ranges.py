@@ -12,7 +12,7 @@ def _rows(w: torch.Tensor) -> torch.Tensor:
     return w.detach().to(torch.float32).reshape(w.shape[0], -1)
 
 
-def mse_weight_scales(w: torch.Tensor, ratios: int = 41, lowest: float = 0.6) -> torch.Tensor:
+def mse_weight_scales(w: torch.Tensor, ratios: int = 16, lowest: float = 0.7) -> torch.Tensor:
     """Per output channel, the scale r * amax / 127 (r in [lowest, 1]) with the least squared
     rounding-plus-clipping error. Channels where max-abs is best keep it exactly."""
     rows = _rows(w)

@@ -12,9 +12,33 @@ _NEVER_FOLD = {torch.ops.aten.rand.default, torch.ops.aten.randn.default,
                torch.ops.aten.dropout.default}
 
 
+def _returns_alias(node: fx.Node) -> bool:
+    schema = getattr(node.target, "_schema", None)
+    return (node.op == "call_function" and schema is not None and bool(schema.returns)
+            and schema.returns[0].alias_info is not None and bool(node.args))
+
+
+def _written_in_place(gm: fx.GraphModule) -> set[fx.Node]:
+    """Values an in-place op writes to, and the tensors they are views of: not constants."""
+    written: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        schema = getattr(node.target, "_schema", None)
+        for i, a in enumerate(schema.arguments if node.op == "call_function" and schema else ()):
+            if a.alias_info is None or not a.alias_info.is_write:
+                continue
+            value = node.args[i] if i < len(node.args) else node.kwargs.get(a.name)
+            while isinstance(value, fx.Node) and value not in written:
+                written.add(value)
+                value = value.args[0] if _returns_alias(value) else None
+    return written
+
+
 def _evaluate_constants(gm: fx.GraphModule) -> dict[fx.Node, object]:
     values: dict[fx.Node, object] = {}
+    written = _written_in_place(gm)
     for node in gm.graph.nodes:
+        if node in written:
+            continue
         if node.op == "get_attr":
             value = constant_value(gm, node)
             if value is not None:

@@ -34,17 +34,36 @@ def _is_noop_cast(node: fx.Node) -> bool:
     return a is not None and b is not None and a.dtype == b.dtype
 
 
-def _written_in_place(node: fx.Node) -> bool:
-    """True when a user writes into `node` in place (and is not respelled out-of-place)."""
-    for user in node.users:
-        schema = getattr(user.target, "_schema", None)
-        if schema is None or RESPELL.get(user.target) is not None:
-            continue
-        for i, a in enumerate(schema.arguments):
-            value = user.args[i] if i < len(user.args) else user.kwargs.get(a.name)
-            if value is node and a.alias_info is not None and a.alias_info.is_write:
-                return True
+def _is_view(node) -> bool:
+    """True for an op whose result aliases its first argument (a view, an in-place op)."""
+    schema = getattr(node.target, "_schema", None)
+    return (isinstance(node, fx.Node) and node.op == "call_function" and schema is not None
+            and bool(schema.returns) and schema.returns[0].alias_info is not None)
+
+
+def _writes(user: fx.Node, node: fx.Node) -> bool:
+    schema = getattr(user.target, "_schema", None)
+    for i, a in enumerate(schema.arguments if schema is not None else ()):
+        value = user.args[i] if i < len(user.args) else user.kwargs.get(a.name)
+        if value is node and a.alias_info is not None and a.alias_info.is_write:
+            return True
     return False
+
+
+def _written_in_place(node: fx.Node) -> bool:
+    """True when an op writes into `node` in place, directly or through a view of it."""
+    return any(_writes(u, node) or (_is_view(u) and u.args[0] is node and _written_in_place(u))
+               for u in node.users)
+
+
+def _respell_is_safe(node: fx.Node) -> bool:
+    """An in-place op may become out-of-place only when no one else sees the write: its
+    target is no view, has no views, and is read by nobody after it."""
+    target = node.args[0] if node.args else None
+    if not isinstance(target, fx.Node):
+        return True
+    return not _is_view(target) and not any(
+        u is not node and (_is_view(u) or u > node) for u in target.users)
 
 
 def _rewrite(node: fx.Node) -> bool:
@@ -60,7 +79,7 @@ def _rewrite(node: fx.Node) -> bool:
     if target is aten.relu6.default:
         node.target, node.args = aten.hardtanh.default, (node.args[0], 0.0, 6.0)
         return True
-    if RESPELL.get(target) is not None:
+    if RESPELL.get(target) is not None and _respell_is_safe(node):
         node.target = RESPELL[target]
         return True
     return False

@@ -36,7 +36,8 @@ def lower_weighted_float_out(gm, node: fx.Node) -> bool:
         return False
     x, weight = dequantized(node.args[0]), int8_weight(gm, node.args[1])
     bias_node = arg(node, 2, "bias", None)
-    if x is None or weight is None or feeds_quantize(node):
+    # no users: the dead anchor left behind once its dq -> op -> q pattern was lowered
+    if x is None or weight is None or not node.users or feeds_quantize(node):
         return False
     if bias_node is not None and constant_value(gm, bias_node) is None:
         return False
@@ -58,7 +59,7 @@ def lower_matmul_float_out(gm, node: fx.Node) -> bool:
     if node.op != "call_function" or node.target not in (aten.matmul.default, aten.bmm.default):
         return False
     a, b = dequantized(node.args[0]), dequantized(node.args[1])
-    if a is None or b is None or feeds_quantize(node):
+    if a is None or b is None or not node.users or feeds_quantize(node):
         return False
     scale = float(torch.tensor(a.qparams.scale, dtype=torch.float32)
                   * torch.tensor(b.qparams.scale, dtype=torch.float32))

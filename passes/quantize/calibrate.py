@@ -81,7 +81,7 @@ def _choose_qparams(sites, method: str, symmetric: bool) -> None:
 
 @register_pass("calibrate")
 def calibrate(gm: fx.GraphModule, ctx, *, method=None, p=None, averaging_constant=None,
-              candidates=None, bins=None) -> PassResult:
+              candidates=None, bins=None, bins_target=None) -> PassResult:
     """Run calibration batches once; pick each observed value's range and int8 qparams."""
     sites = observer_sites(gm)
     if not sites:
@@ -89,7 +89,7 @@ def calibrate(gm: fx.GraphModule, ctx, *, method=None, p=None, averaging_constan
     method = method or ctx.options.calibration
     knobs = ctx.options.calibration_knobs()
     passed = {"p": p, "averaging_constant": averaging_constant, "candidates": candidates,
-              "bins": bins}
+              "bins": bins, "bins_target": bins_target}
     knobs.update({k: _number(k, v) for k, v in passed.items() if v is not None})
     symmetric = ctx.options.symmetric_activations
     for _, site in sites:

@@ -61,7 +61,21 @@ def _shape_problem(gm, node: fx.Node, kind: str) -> str | None:
     if kind == "add" and node.kwargs.get("alpha", 1) != 1:
         return "add with alpha != 1"
     if kind == "pool":
-        return _pool_problem(node)
+        return _pool_problem(node) or _dynamic_reduction(node)
+    return None
+
+
+def _dynamic_reduction(node: fx.Node) -> str | None:
+    """A mean over a dimension whose size varies (the batch) has no fixed integer divisor."""
+    if node.target is not aten.mean.dim:
+        return None
+    source = node.args[0].meta.get("val") if isinstance(node.args[0], fx.Node) else None
+    if source is None:
+        return None
+    dims = arg(node, 1, "dim", None)
+    dims = range(source.dim()) if dims is None else ([dims] if isinstance(dims, int) else dims)
+    if any(not isinstance(source.shape[d], int) for d in dims):
+        return "mean over a dimension whose size varies at run time"
     return None
 
 
@@ -78,6 +92,8 @@ def skip_reason(gm, node: fx.Node, kind: str, ctx) -> str | None:
     if kept:
         return kept
     operands = activation_inputs(node, kind)
+    if not all(isinstance(x, fx.Node) for x in operands):
+        return f"{kind} with a Python scalar operand"
     if not operands or any(_dtype(x) != "f32" for x in operands):
         return "an operand is not a float32 tensor"
     return _shape_problem(gm, node, kind)
