@@ -36,11 +36,15 @@ def compile(model, target: str = "reference", example_inputs=None, calibration_d
     _load_builtin_passes()
     tgt = get_target(target)
     resolved = resolve_recipe(recipe, options)
-    if partial:
-        raise CaptureError("partial=True (compiling submodules and leaving the rest eager) is "
-                           "not supported in this version; compile the submodules one by one")
     args = normalize_inputs(example_inputs)
-    captured = capture(model, args)
+    try:
+        captured = capture(model, args)
+    except CaptureError as err:
+        if not partial:
+            raise
+        from .partial_compile import compile_partial
+        return compile_partial(model, args, calibration_data, err, compile, dump_dir=dump_dir,
+                               target=target, recipe=recipe, pipeline=pipeline, options=options)
     ctx = PassContext(target=tgt.name, recipe=resolved, example_inputs=args,
                       input_specs=captured.input_specs)
     ctx.calibration_data = _calibration(calibration_data, args, ctx.warn)
