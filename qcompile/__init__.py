@@ -11,6 +11,7 @@ if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "passes")) and \
     __path__.append(_ROOT)
 
 from . import ops  # noqa: F401  (registers the qcompile:: torch ops)
+from . import debug  # noqa: F401
 from .api import compile
 from .artifact import load_compiled as load
 from .compiled import CompiledModel
