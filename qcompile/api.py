@@ -63,4 +63,7 @@ def compile(model, target: str = "reference", example_inputs=None, calibration_d
     if dumper is not None:
         dumper.write_final(graph)
     report = build_report(graph, snapshot.snapshot, manager.records, ctx)
+    if dump_dir is not None:
+        from .html_report import write_html_report
+        write_html_report(dump_dir, report)
     return CompiledModel(graph, runner, report, tgt.name, resolved, captured.input_specs)

@@ -63,7 +63,7 @@ def pass_names():
 
 def test_one_numbered_file_per_pass(dumped):
     _, path = dumped
-    expected = {"000-capture.txt", "final.txt", "final.dot"}
+    expected = {"000-capture.txt", "final.txt", "final.dot", "index.html"}
     expected |= {f"{i:03d}-{name}.txt" for i, name in enumerate(pass_names(), start=1)}
     assert set(os.listdir(path)) == expected
 
