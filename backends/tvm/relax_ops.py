@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from tvm import relax
 
+from . import gemm_kernels
+
 R = relax.op
 
 
@@ -95,12 +97,18 @@ def _linear_acc(x, x_zp, w, bias=None):
 
 def _qlinear(node, importer):
     x, x_zp, w, bias, m, n, out_zp, qmin, qmax = importer.retrieve_args(node)
+    fast = gemm_kernels.qlinear(x, x_zp, w, bias, m, n, out_zp, qmin, qmax, node.name)
+    if fast is not None:
+        return fast
     return _emit(importer, requantize_expr(_linear_acc(x, x_zp, w, bias), m, n, out_zp,
                                            qmin, qmax))
 
 
 def _qlinear_f32(node, importer):
     x, x_zp, w, bias, scale = importer.retrieve_args(node)
+    fast = gemm_kernels.qlinear_f32(x, x_zp, w, bias, scale, node.name)
+    if fast is not None:
+        return fast
     y = E.multiply(E.astype(_linear_acc(x, x_zp, w), "float32"), scale)
     return _emit(importer, y if bias is None else E.add(y, bias))
 
