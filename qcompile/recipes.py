@@ -63,9 +63,10 @@ RECIPES: dict[str, Recipe] = {
 _OPTION_KINDS = {"linear", "conv2d", "matmul", "add", "pool", "cat"}
 
 
-def _as_options(options: Any) -> QuantOptions:
+def _as_options(options: Any, base: QuantOptions | None = None) -> QuantOptions:
+    """`options` as QuantOptions; a dict is applied on top of `base` (the recipe's own)."""
     if options is None:
-        return QuantOptions()
+        return base or QuantOptions()
     if dataclasses.is_dataclass(options) and not isinstance(options, type):
         options = dataclasses.asdict(options)
     if not isinstance(options, Mapping):
@@ -82,7 +83,7 @@ def _as_options(options: Any) -> QuantOptions:
             values[key] = (values[key],)
         if isinstance(values.get(key), list):
             values[key] = tuple(values[key])
-    return QuantOptions(**values)
+    return dataclasses.replace(base or QuantOptions(), **values)
 
 
 _OPTION_TYPES = (("calibration", str), ("symmetric_activations", bool), ("numerics", bool),
@@ -126,6 +127,6 @@ def resolve_recipe(recipe: "str | Recipe", options: Any = None) -> Recipe:
         base = RECIPES[recipe]
     else:
         raise RecipeError(f"unknown recipe '{recipe}'; valid: {', '.join(sorted(RECIPES))}")
-    resolved = _as_options(base.options if options is None else options)
+    resolved = _as_options(options, base.options)
     _check(resolved)
     return dataclasses.replace(base, options=resolved)

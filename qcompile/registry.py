@@ -53,7 +53,7 @@ def register_pass(name: str, *, replace: bool = False):
     def decorator(fn: Callable) -> Callable:
         if not replace and (name in _PASSES or name in _GROUPS):
             raise PipelineError(f"a pass or group named '{name}' is already registered")
-        doc = (inspect.getdoc(fn) or "").split("\n")[0]
+        doc = " ".join((inspect.getdoc(fn) or "").split("\n\n")[0].split())
         _PASSES[name] = PassInfo(name, fn, _keyword_options(fn), doc)
         return fn
     return decorator

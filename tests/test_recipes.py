@@ -5,20 +5,11 @@ import dataclasses
 
 import pytest
 import torch
-import torch.nn as nn
 
 import qcompile
 from qcompile.recipes import CALIBRATION_METHODS, resolve_recipe
 
-
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(16, 32)
-        self.fc2 = nn.Linear(32, 8)
-
-    def forward(self, x):
-        return self.fc2(torch.relu(self.fc1(x)))
+from tiny_models import MLP
 
 
 def test_builtin_recipes():
@@ -68,7 +59,10 @@ def test_a_recipe_object_keeps_its_options():
     custom = dataclasses.replace(qcompile.RECIPES["w8a8"], name="w8a8-sym",
                                  options=qcompile.QuantOptions(symmetric_activations=True))
     assert resolve_recipe(custom).options.symmetric_activations is True
-    assert resolve_recipe(custom, {"numerics": False}).options.symmetric_activations is False
+    merged = resolve_recipe(custom, {"numerics": False}).options
+    assert merged.symmetric_activations is True and merged.numerics is False
+    replaced = resolve_recipe(custom, qcompile.QuantOptions(numerics=False)).options
+    assert replaced.symmetric_activations is False
 
 
 @pytest.mark.parametrize("options, fragment", [
