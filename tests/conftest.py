@@ -1,4 +1,5 @@
-"""Shared helpers for the pass tests: capture a tiny model, run a pipeline prefix, inspect."""
+"""Shared fixtures: the pass-test harness (capture a tiny model, run a pipeline prefix,
+inspect), the default MLP, one intra-op thread. Shared models live in tiny_models.py."""
 from __future__ import annotations
 
 import warnings
@@ -13,6 +14,8 @@ from qcompile.graph_edit import constant_value
 from qcompile.pass_manager import PassManager
 from qcompile.pipeline import Pipeline
 from qcompile.recipes import resolve_recipe
+
+from tiny_models import MLP
 
 
 class PassHarness:
@@ -76,6 +79,13 @@ class PassHarness:
 def qc() -> PassHarness:
     torch.manual_seed(0)
     return PassHarness()
+
+
+@pytest.fixture
+def mlp() -> MLP:
+    """The default MLP (16 -> 32 -> 8), seeded, in eval mode: a fresh one per test."""
+    torch.manual_seed(0)
+    return MLP().eval()
 
 
 @pytest.fixture(scope="module")

@@ -14,16 +14,6 @@ from qcompile.facts import facts_of
 Q = torch.ops.qcompile
 
 
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(16, 32)
-        self.fc2 = nn.Linear(32, 8)
-
-    def forward(self, x):
-        return self.fc2(torch.relu(self.fc1(x)))
-
-
 class ConvNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -48,12 +38,6 @@ class TwoInputs(nn.Module):
 def batches(*shape, count=4, seed=1):
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(*shape, generator=g),) for _ in range(count)]
-
-
-@pytest.fixture
-def mlp():
-    torch.manual_seed(0)
-    return MLP().eval()
 
 
 def compile_mlp(model, **kwargs):

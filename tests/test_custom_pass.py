@@ -9,11 +9,12 @@ import sys
 
 import pytest
 import torch
-import torch.nn as nn
 
 import qcompile
 from qcompile.facts import facts_of
 from qcompile.registry import get_pass, unregister_pass
+
+from tiny_models import MLP
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "custom_pass.py")
 aten = torch.ops.aten
@@ -38,16 +39,6 @@ def example():
 @pytest.fixture(scope="module")
 def result(example):
     return example.main()
-
-
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(16, 32)
-        self.fc2 = nn.Linear(32, 8)
-
-    def forward(self, x):
-        return self.fc2(torch.relu(self.fc1(x)))
 
 
 def compile_mlp(**kwargs):

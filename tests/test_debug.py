@@ -2,28 +2,18 @@
 import warnings
 
 import torch
-from torch import nn
 
 import qcompile
 from qcompile import debug
 
+from tiny_models import MLP
+
 warnings.filterwarnings("ignore", category=qcompile.QCompileWarning)
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(8, 16)
-        self.fc2 = nn.Linear(16, 16)
-        self.fc3 = nn.Linear(16, 4)
-
-    def forward(self, x):
-        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
 
 
 def _model():
     torch.manual_seed(0)
-    model = Net().eval()
+    model = MLP(8, 16, 16, 4).eval()
     with torch.no_grad():
         model.fc2.weight[0, 0] = 60.0       # one outlier weight ruins fc2's per-channel grid
     return model
@@ -40,6 +30,7 @@ def test_bisect_names_the_pass_that_quantizes():
 def test_bisect_with_a_user_pass_that_breaks_numerics():
     @qcompile.register_pass("scale-outputs-wrong", replace=True)
     def scale_outputs_wrong(gm, ctx):
+        """Multiplies the output by 1.5: a pass that breaks numerics on purpose."""
         out = next(iter(gm.graph.find_nodes(op="output")))
         value = out.args[0][0]
         with gm.graph.inserting_before(out):
@@ -48,7 +39,11 @@ def test_bisect_with_a_user_pass_that_breaks_numerics():
         return gm
 
     x = torch.randn(16, 8)
-    result = debug.bisect(_model(), (x,), [x], pipeline="canonicalize,scale-outputs-wrong,fuse")
+    try:
+        result = debug.bisect(_model(), (x,), [x],
+                              pipeline="canonicalize,scale-outputs-wrong,fuse")
+    finally:
+        qcompile.registry.unregister_pass("scale-outputs-wrong")
     assert result.culprit == "scale-outputs-wrong"
 
 

@@ -7,11 +7,12 @@ import re
 
 import pytest
 import torch
-import torch.nn as nn
 
 import qcompile
 from qcompile.dot import DTYPE_COLOURS
 from qcompile.dump import format_graph
+
+from tiny_models import ConvMLP, image_batches
 
 NUM = r"-?[0-9.]+(?:e-?[0-9]+)?"
 QLINEAR_LINE = re.compile(
@@ -21,32 +22,15 @@ QLINEAR_LINE = re.compile(
 NODE_LINE = re.compile(r"^%\w+( : [a-z0-9]+\[[0-9,]*\])? = \S+.*$")
 
 
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.fc1 = nn.Linear(8, 24)
-        self.fc2 = nn.Linear(24, 4)
-
-    def forward(self, x):
-        y = torch.relu(self.conv(x)).mean(dim=(2, 3))
-        return self.fc2(torch.relu(self.fc1(y)))
-
-
-def data(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(2, 3, 8, 8, generator=g) for _ in range(4)]
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return Net().eval()
+    return ConvMLP().eval()
 
 
 def compile_to(model, path, **kwargs):
-    return qcompile.compile(model, example_inputs=(data(1)[0],), calibration_data=data(),
-                            dump_dir=str(path), **kwargs)
+    return qcompile.compile(model, example_inputs=(image_batches(1)[0],),
+                            calibration_data=image_batches(), dump_dir=str(path), **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -178,5 +162,6 @@ def test_dot_marks_float_islands(model, tmp_path):
 
 def test_dumps_only_when_asked(model, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    qcompile.compile(model, example_inputs=(data(1)[0],), calibration_data=data())
+    qcompile.compile(model, example_inputs=(image_batches(1)[0],),
+                     calibration_data=image_batches())
     assert os.listdir(tmp_path) == []

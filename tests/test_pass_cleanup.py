@@ -11,6 +11,8 @@ from qcompile.passes.lower.cleanup import cleanup
 from qcompile.quant_math import quantize_multiplier
 from qcompile.report import weight_bytes
 
+from tiny_models import MLP
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 Q = torch.ops.qcompile
@@ -22,19 +24,8 @@ def attribute_bytes(gm) -> int:
                for t in list(gm.parameters()) + list(gm.buffers()))
 
 
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(128, 256)
-        self.fc2 = nn.Linear(256, 256)
-        self.fc3 = nn.Linear(256, 64)
-
-    def forward(self, x):
-        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
-
-
 def test_float_weights_dropped_bytes_fall_about_4x(qc):
-    model = MLP().eval()
+    model = MLP(128, 256, 256, 64).eval()
     x = torch.randn(4, 128)
     gm, ctx = qc.context(model, (x,), calibration=qc.batches((4, 128)),
                          options={"calibration": "minmax"})
@@ -55,7 +46,7 @@ def test_float_weights_dropped_bytes_fall_about_4x(qc):
 
 
 def test_cleanup_is_idempotent(qc):
-    model = MLP().eval()
+    model = MLP(128, 256, 256, 64).eval()
     x = torch.randn(2, 128)
     gm, ctx = qc.context(model, (x,), calibration=qc.batches((2, 128)),
                          options={"calibration": "minmax"})

@@ -63,10 +63,12 @@ def test_conv_batchnorm_folds_to_hand_computed_weights(qc, bias, affine, groups)
 
 
 class LinearBN(nn.Module):
-    def __init__(self):
+    """linear 6 -> `features`, then BatchNorm1d(`features`) (its statistics from `seed`)."""
+
+    def __init__(self, features=5, seed=2):
         super().__init__()
-        self.fc = nn.Linear(6, 5)
-        self.bn = randomize(nn.BatchNorm1d(5), 2)
+        self.fc = nn.Linear(6, features)
+        self.bn = randomize(nn.BatchNorm1d(features), seed)
 
     def forward(self, x):
         return self.bn(self.fc(x))
@@ -84,20 +86,9 @@ def test_linear_batchnorm1d_folds(qc):
     torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-class LinearOnSequenceBN(nn.Module):
-    """BatchNorm1d on [N, C, L] normalizes dim 1, not the linear's output features."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(6, 6)
-        self.bn = randomize(nn.BatchNorm1d(6), 3)
-
-    def forward(self, x):
-        return self.bn(self.fc(x))
-
-
 def test_linear_batchnorm_over_another_dim_is_not_folded(qc):
-    model = LinearOnSequenceBN().eval()
+    # BatchNorm1d on [N, C, L] normalizes dim 1, not the linear's output features
+    model = LinearBN(features=6, seed=3).eval()
     x = torch.randn(2, 6, 6)
     gm, _ = qc.run(model, (x,), "fold-batchnorm")
     torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-5)

@@ -15,6 +15,8 @@ from qcompile.ops import float_out, reference
 from qcompile.passes.lower.common import clamp_bounds
 from qcompile.quant_math import quantize_multiplier, quantize_multipliers, shared_shift_multipliers
 
+from tiny_models import MLP
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 aten = torch.ops.aten
@@ -442,16 +444,7 @@ def test_standalone_relu_on_int8_is_a_qclamp(qc):
 # ---- dynamic ----------------------------------------------------------------------------
 
 def test_w8a8_dynamic_lowers_to_qlinear_dynamic(qc):
-    class MLP(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc1 = nn.Linear(12, 20)
-            self.fc2 = nn.Linear(20, 6)
-
-        def forward(self, x):
-            return self.fc2(F.gelu(self.fc1(x)))
-
-    model = MLP()
+    model = MLP(12, 20, 6, act=F.gelu)
     x = torch.randn(2, 7, 12)
     low = lower(qc, model, x, recipe="w8a8-dynamic")
     no_float_compute(qc, low.gm)

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
 
 import qcompile
 from qcompile.capture import capture
@@ -16,17 +15,9 @@ from qcompile.pass_manager import Instrument, PassManager
 from qcompile.recipes import resolve_recipe
 from qcompile.registry import unregister_pass
 
+from tiny_models import MLP
+
 aten = torch.ops.aten
-
-
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(16, 32)
-        self.fc2 = nn.Linear(32, 8)
-
-    def forward(self, x):
-        return self.fc2(torch.relu(self.fc1(x)))
 
 
 @pytest.fixture

@@ -10,29 +10,15 @@ import torch.nn as nn
 
 import qcompile
 
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.fc1 = nn.Linear(8, 24)
-        self.fc2 = nn.Linear(24, 4)
-
-    def forward(self, x):
-        y = torch.relu(self.conv(x)).mean(dim=(2, 3))
-        return torch.sigmoid(self.fc2(torch.relu(self.fc1(y))))
-
-
-def data(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(2, 3, 8, 8, generator=g) for _ in range(4)]
+from tiny_models import ConvMLP, image_batches
 
 
 @pytest.fixture(scope="module")
 def cm():
     torch.manual_seed(0)
-    return qcompile.compile(Net().eval(), example_inputs=(data(1)[0],), calibration_data=data(),
-                            options={"keep_float": ["fc2"]})
+    return qcompile.compile(ConvMLP(head=torch.sigmoid).eval(),
+                            example_inputs=(image_batches(1)[0],),
+                            calibration_data=image_batches(), options={"keep_float": ["fc2"]})
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,51 @@
+"""Tiny models and data shared by several test files.
+
+A plain module, not a package: pytest puts tests/ on sys.path (there is no tests/__init__.py),
+so a test file imports it as `from tiny_models import MLP`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+class MLP(nn.Module):
+    """Linear layers fc1, fc2, ... of the given widths, `act` between two of them (not after
+    the last). MLP() is the 16 -> 32 -> 8 ReLU model: fc2(relu(fc1(x)))."""
+
+    def __init__(self, *widths: int, act=torch.relu):
+        super().__init__()
+        widths = widths or (16, 32, 8)
+        self.depth = len(widths) - 1
+        for i in range(self.depth):
+            setattr(self, f"fc{i + 1}", nn.Linear(widths[i], widths[i + 1]))
+        self.act = act
+
+    def forward(self, x):
+        x = self.fc1(x)
+        for i in range(2, self.depth + 1):
+            x = getattr(self, f"fc{i}")(self.act(x))
+        return x
+
+
+class ConvMLP(nn.Module):
+    """conv 3->8 + ReLU, global average pool, fc1 8->24 + ReLU, fc2 24->4, then `head`
+    (a function such as torch.sigmoid) when one is given."""
+
+    def __init__(self, head=None):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc1 = nn.Linear(8, 24)
+        self.fc2 = nn.Linear(24, 4)
+        self.head = head
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x)).mean(dim=(2, 3))
+        y = self.fc2(torch.relu(self.fc1(y)))
+        return y if self.head is None else self.head(y)
+
+
+def image_batches(seed=0, count=4):
+    """`count` seeded [2, 3, 8, 8] batches: ConvMLP's calibration data."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(2, 3, 8, 8, generator=g) for _ in range(count)]
