@@ -1,6 +1,7 @@
 """compile(): capture -> pass pipeline -> backend -> CompiledModel with its report."""
 from __future__ import annotations
 
+from .batches import ReplayableBatches
 from .capture import capture, normalize_inputs
 from .compiled import CompiledModel
 from .context import PassContext
@@ -26,7 +27,7 @@ def _calibration(calibration_data, example_inputs, ctx_warn):
         ctx_warn("no calibration_data given: calibrating on the example inputs only, which "
                  "rarely covers real ranges")
         return [example_inputs]
-    return calibration_data
+    return ReplayableBatches(calibration_data)
 
 
 def compile(model, target: str = "reference", example_inputs=None, calibration_data=None,

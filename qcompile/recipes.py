@@ -21,10 +21,12 @@ class QuantOptions:
     symmetric_activations: zero point 0 for activations (default asymmetric)
     keep_float: layers kept in float, by node name or module path prefix ("encoder.layer.0")
     keep_float_ops: op kinds kept in float ("linear", "conv2d", "matmul", "add", "pool", "cat")
+    alpha: SmoothQuant migration strength (recipe w8a8-smoothquant), 0..1
     numerics: compare each pass's output with the float model (report and bisect)
     progress: show progress bars (None: only on a terminal)
     """
     calibration: str = "mse"
+    alpha: float = 0.5
     weight_calibration: str = "mse"
     calibration_options: tuple[tuple[str, Any], ...] = ()
     symmetric_activations: bool = False
@@ -44,6 +46,7 @@ class Recipe:
     activations: str            # "static" (calibrated per tensor) or "dynamic" (per token at run time)
     weights: str = "int8-per-channel"
     description: str = ""
+    smoothing: bool = False
     options: QuantOptions = field(default_factory=QuantOptions)
 
     @property
@@ -55,6 +58,9 @@ RECIPES: dict[str, Recipe] = {
     "w8a8": Recipe("w8a8", "static", description=(
         "int8 weights per output channel (symmetric), int8 activations per tensor "
         "(asymmetric unless symmetric_activations), calibrated ranges")),
+    "w8a8-smoothquant": Recipe("w8a8-smoothquant", "static", smoothing=True, description=(
+        "w8a8 with SmoothQuant: per-channel activation outliers migrated into the weights "
+        "(option alpha, default 0.5) before calibration")),
     "w8a8-dynamic": Recipe("w8a8-dynamic", "dynamic", description=(
         "int8 weights per output channel; linear-layer activations quantized per token "
         "at run time (asymmetric int8)")),

@@ -113,7 +113,9 @@ def test_diff_identical_and_different(ws, capsys, tmp_path):
     assert capsys.readouterr().out.startswith("dumps identical: ")
     assert main(["diff", ws.d1, ws.d2]) == 1
     out = capsys.readouterr().out
-    assert f"--- {os.path.join(ws.d1, '008-calibrate.txt')}" in out
+    names = qcompile.Pipeline.parse(qcompile.default_pipeline("reference")).names()
+    calibrate = f"{names.index('calibrate') + 1:03d}-calibrate.txt"
+    assert f"--- {os.path.join(ws.d1, calibrate)}" in out
     assert ":mse" in out and ":minmax" in out and "dumps differ" in out
 
 
