@@ -23,6 +23,8 @@ from benchmarks.machine import machine_info  # noqa: E402
 from qcompile.instruments import sqnr_db  # noqa: E402
 from qcompile.zoo import digits, mobilenet_v2, resnet18, small_vit  # noqa: E402
 
+QCOMPILE_RECIPES = (("w8a8", None), ("w8a8-smoothquant", None),
+                    ("w8a8-smoothquant", {"alpha": 0.75}), ("w8a8-dynamic", None))
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -57,14 +59,15 @@ def minilm_results(eval_count: int, with_baselines: bool) -> list[dict]:
     calib, evaluation = calibration_sentences(), evaluation_sentences()[:eval_count]
     reference = minilm.embed(encoder, tokenizer, evaluation)
     rows = []
-    for recipe in ("w8a8", "w8a8-dynamic"):
+    for recipe, options in QCOMPILE_RECIPES:
         start = time.perf_counter()
         batches = (minilm.tokenize(tokenizer, calib[i:i + 16]) for i in range(0, len(calib), 16))
         compiled = qcompile.compile(encoder, example_inputs=minilm.tokenize(tokenizer, calib[:2]),
-                                    calibration_data=batches, recipe=recipe)
+                                    calibration_data=batches, recipe=recipe, options=options)
         cosine = minilm.cosine_to_reference(minilm.embed(compiled, tokenizer, evaluation),
                                             reference)
-        rows.append({"name": f"qcompile {recipe}", "available": True, "cosine": round(cosine, 4),
+        label = f"qcompile {recipe}" + (f" {options}" if options else "")
+        rows.append({"name": label, "available": True, "cosine": round(cosine, 4),
                      "seconds": round(time.perf_counter() - start, 1)})
     if with_baselines:
         from benchmarks.baselines import run_all
