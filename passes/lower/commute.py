@@ -51,12 +51,8 @@ def commute_max_pool(gm, node: fx.Node) -> bool:
     padding = list(arg(node, 3, "padding", [0, 0]))
     dilation = list(arg(node, 4, "dilation", [1, 1]))
     ceil_mode = bool(arg(node, 5, "ceil_mode", False))
-    new = call_before(gm.graph, node, Q.qmax_pool2d.default,
-                      (src.node, kernel, stride, padding, dilation, ceil_mode), origin=node,
-                      name=f"q{node.name}")
-    update_facts(new, origin=node.name, input_qparams=(src.qparams,))
-    _redequantize(node, new, src.qparams)
-    gm.graph.erase_node(node)
+    _swap_for_int8(gm, node, src, Q.qmax_pool2d.default,
+                   (src.node, kernel, stride, padding, dilation, ceil_mode))
     return True
 
 
@@ -65,12 +61,16 @@ def commute_relu(gm, node: fx.Node) -> bool:
     if src is None:
         return False
     lo = max(-128, min(127, src.qparams.zero_point))
-    new = call_before(gm.graph, node, Q.qclamp.default, (src.node, lo, 127), origin=node,
-                      name=f"q{node.name}")
-    update_facts(new, origin=node.name, activation="relu", input_qparams=(src.qparams,))
+    _swap_for_int8(gm, node, src, Q.qclamp.default, (src.node, lo, 127), activation="relu")
+    return True
+
+
+def _swap_for_int8(gm, node: fx.Node, src, target, args, **facts) -> None:
+    """Replace float `node` reading dq(src) by `target(*args)` on int8, then dequantize."""
+    new = call_before(gm.graph, node, target, args, origin=node, name=f"q{node.name}")
+    update_facts(new, origin=node.name, input_qparams=(src.qparams,), **facts)
     _redequantize(node, new, src.qparams)
     gm.graph.erase_node(node)
-    return True
 
 
 def fold_requantize(gm, node: fx.Node) -> bool:
