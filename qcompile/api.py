@@ -53,7 +53,8 @@ def compile(model, target: str = "reference", example_inputs=None, calibration_d
     instruments = [snapshot]
     if resolved.options.numerics:
         instruments.append(NumericsInstrument())
-    dumper = DumpInstrument(dump_dir) if dump_dir is not None else None
+    dumper = (DumpInstrument(dump_dir, only_changed=resolved.options.dump_only_changed)
+              if dump_dir is not None else None)
     if dumper is not None:
         instruments.append(dumper)
     manager = PassManager(Pipeline.parse(tgt.pipeline if pipeline is None else pipeline,

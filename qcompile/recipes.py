@@ -24,6 +24,7 @@ class QuantOptions:
     alpha: SmoothQuant migration strength (recipe w8a8-smoothquant), 0..1
     numerics: compare each pass's output with the float model (report and bisect)
     progress: show progress bars (None: only on a terminal)
+    dump_only_changed: with dump_dir, write a pass's dump only when it changed the graph
     """
     calibration: str = "mse"
     alpha: float = 0.5
@@ -34,6 +35,7 @@ class QuantOptions:
     keep_float_ops: tuple[str, ...] = ()
     numerics: bool = True
     progress: bool | None = None
+    dump_only_changed: bool = False
 
     def calibration_knobs(self) -> dict[str, Any]:
         return dict(self.calibration_options)
@@ -93,6 +95,7 @@ def _as_options(options: Any, base: QuantOptions | None = None) -> QuantOptions:
 
 
 _OPTION_TYPES = (("calibration", str), ("symmetric_activations", bool), ("numerics", bool),
+                 ("dump_only_changed", bool), ("alpha", (int, float)),
                  ("progress", (bool, type(None))))
 
 

@@ -165,3 +165,14 @@ def test_dumps_only_when_asked(model, tmp_path, monkeypatch):
     qcompile.compile(model, example_inputs=(image_batches(1)[0],),
                      calibration_data=image_batches())
     assert os.listdir(tmp_path) == []
+
+
+def test_dump_only_changed_skips_passes_that_changed_nothing(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8)).eval()
+    x = torch.randn(4, 8)
+    qcompile.compile(model, example_inputs=(x,), calibration_data=[x], dump_dir=str(tmp_path),
+                     options={"dump_only_changed": True})
+    files = {p.name for p in tmp_path.iterdir()}
+    assert not any(name.endswith("-decompose-attention.txt") for name in files)
+    assert any(name.endswith("-lower-int8.txt") for name in files)
