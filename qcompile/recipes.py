@@ -22,12 +22,16 @@ class QuantOptions:
     keep_float: layers kept in float, by node name or module path prefix ("encoder.layer.0")
     keep_float_ops: op kinds kept in float ("linear", "conv2d", "matmul", "add", "pool", "cat")
     alpha: SmoothQuant migration strength (recipe w8a8-smoothquant), 0..1
+    group_size: weights per group for int4 recipes (32, 64, 128)
+    weight_symmetric: int4 weights symmetric (zero code 8) or asymmetric
     numerics: compare each pass's output with the float model (report and bisect)
     progress: show progress bars (None: only on a terminal)
     dump_only_changed: with dump_dir, write a pass's dump only when it changed the graph
     """
     calibration: str = "mse"
     alpha: float = 0.5
+    group_size: int = 128
+    weight_symmetric: bool = True
     weight_calibration: str = "mse"
     calibration_options: tuple[tuple[str, Any], ...] = ()
     symmetric_activations: bool = False
@@ -55,6 +59,11 @@ class Recipe:
     def dynamic(self) -> bool:
         return self.activations == "dynamic"
 
+    @property
+    def linear_only(self) -> bool:
+        """Recipes that quantize linear layers only (no calibrated activations)."""
+        return self.activations in ("dynamic", "none")
+
 
 RECIPES: dict[str, Recipe] = {
     "w8a8": Recipe("w8a8", "static", description=(
@@ -63,6 +72,9 @@ RECIPES: dict[str, Recipe] = {
     "w8a8-smoothquant": Recipe("w8a8-smoothquant", "static", smoothing=True, description=(
         "w8a8 with SmoothQuant: per-channel activation outliers migrated into the weights "
         "(option alpha, default 0.5) before calibration")),
+    "w4a16-rtn": Recipe("w4a16-rtn", "none", weights="int4-group", description=(
+        "weight-only int4, group-wise (option group_size, default 128; weight_symmetric), "
+        "round to nearest; float32 activations")),
     "w8a8-dynamic": Recipe("w8a8-dynamic", "dynamic", description=(
         "int8 weights per output channel; linear-layer activations quantized per token "
         "at run time (asymmetric int8)")),
@@ -95,7 +107,8 @@ def _as_options(options: Any, base: QuantOptions | None = None) -> QuantOptions:
 
 
 _OPTION_TYPES = (("calibration", str), ("symmetric_activations", bool), ("numerics", bool),
-                 ("dump_only_changed", bool), ("alpha", (int, float)),
+                 ("dump_only_changed", bool), ("alpha", (int, float)), ("group_size", int),
+                 ("weight_symmetric", bool),
                  ("progress", (bool, type(None))))
 
 

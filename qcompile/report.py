@@ -9,7 +9,7 @@ from .dump import op_name
 from .facts import facts_of
 from .op_kinds import BOOKKEEPING, LAYOUT_OPS, is_qcompile_op
 
-QDQ_OPS = {"quantize", "dequantize", "requantize", "dequantize_per_channel"}
+QDQ_OPS = {"quantize", "dequantize", "requantize", "dequantize_per_channel", "dequantize_int4"}
 
 
 @dataclass

@@ -19,8 +19,9 @@ from .anchors import ANCHOR_RULES
 from .commute import COMMUTE_RULES
 from .float_out import FLOAT_OUT_RULES
 from .pooling import POOL_RULES
+from .weight_only import WEIGHT_ONLY_RULES
 
-RULES = ANCHOR_RULES + POOL_RULES + FLOAT_OUT_RULES + COMMUTE_RULES
+RULES = ANCHOR_RULES + POOL_RULES + FLOAT_OUT_RULES + WEIGHT_ONLY_RULES + COMMUTE_RULES
 MAX_ROUNDS = 64
 
 

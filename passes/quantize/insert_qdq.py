@@ -10,6 +10,7 @@ from qcompile.graph_edit import add_constant, call_before, constant_value
 from qcompile.quant_math import WEIGHT_QMAX, WEIGHT_QMIN
 from qcompile.weight_ranges import weight_scales
 from qcompile.ops import reference
+from qcompile.ops.weight_only import quantize_int4_groups
 from qcompile.registry import PassResult, register_pass
 
 from .plan import quantizable_anchors
@@ -37,6 +38,17 @@ def _replace_site(gm: fx.GraphModule, node: fx.Node) -> None:
     gm.delete_submodule(target)
 
 
+def _quantize_weight_int4(gm: fx.GraphModule, anchor: fx.Node, options) -> None:
+    weight = constant_value(gm, anchor.args[1]).detach().float()
+    packed, scales, zeros = quantize_int4_groups(weight, options.group_size,
+                                                 options.weight_symmetric)
+    nodes = [add_constant(gm, f"{anchor.name}_weight_{part}", value, anchor)
+             for part, value in (("int4", packed), ("scale", scales), ("zero", zeros))]
+    dq = call_before(gm.graph, anchor, Q.dequantize_int4.default, (*nodes, options.group_size),
+                     name=f"{anchor.name}_weight_dq")
+    anchor.args = (anchor.args[0], dq) + tuple(anchor.args[2:])
+
+
 def _quantize_weight(gm: fx.GraphModule, anchor: fx.Node, method: str) -> None:
     weight = constant_value(gm, anchor.args[1]).detach().float()
     scales = weight_scales(weight, method)
@@ -58,8 +70,12 @@ def insert_qdq(gm: fx.GraphModule, ctx) -> PassResult:
         _replace_site(gm, node)
     weights = 0
     for anchor, kind in anchors:
-        if kind in ("linear", "conv2d"):
+        if ctx.recipe.weights == "int4-group":
+            _quantize_weight_int4(gm, anchor, ctx.options)
+        elif kind in ("linear", "conv2d"):
             _quantize_weight(gm, anchor, ctx.options.weight_calibration)
-            weights += 1
+        else:
+            continue
+        weights += 1
     return PassResult(gm, bool(sites) or weights > 0,
                       {"activations": len(sites), "weights": weights})

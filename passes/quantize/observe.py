@@ -24,7 +24,7 @@ def _insert_site(gm: fx.GraphModule, value: fx.Node) -> fx.Node:
 def observe(gm: fx.GraphModule, ctx) -> PassResult:
     """Insert observer sites at the inputs and outputs of every op the recipe quantizes."""
     anchors, needed = plan(gm, ctx, record=True)
-    if ctx.recipe.dynamic:
+    if ctx.recipe.linear_only:
         return PassResult(gm, False, {"anchors": len(anchors), "observed": 0})
     points = observation_points(anchors, needed)
     for value in points:

@@ -39,6 +39,13 @@ def _kept_by_option(node: fx.Node, kind: str, options) -> str | None:
     return None
 
 
+def _group_problem(gm, node: fx.Node, group_size: int) -> str | None:
+    weight = constant_value(gm, node.args[1])
+    if weight is not None and weight.shape[1] % group_size:
+        return f"in_features {weight.shape[1]} is not a multiple of group_size {group_size}"
+    return None
+
+
 def _pool_problem(node: fx.Node) -> str | None:
     if node.target is aten.avg_pool2d.default:
         padding = arg(node, 3, "padding", [0])
@@ -86,8 +93,12 @@ def skip_reason(gm, node: fx.Node, kind: str, ctx) -> str | None:
     earlier = facts_of(node).float_reason
     if earlier:
         return earlier
-    if ctx.recipe.dynamic and kind != "linear":
+    if ctx.recipe.linear_only and kind != "linear":
         return f"recipe {ctx.recipe.name} quantizes linear layers only"
+    if ctx.recipe.weights == "int4-group" and kind == "linear":
+        problem = _group_problem(gm, node, ctx.options.group_size)
+        if problem:
+            return problem
     kept = _kept_by_option(node, kind, ctx.options)
     if kept:
         return kept

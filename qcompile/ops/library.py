@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from qcompile.ops import float_out, reference
+from qcompile.ops import float_out, reference, weight_only
 
 Tensor = torch.Tensor
 
@@ -25,6 +25,10 @@ OPS.update({
     name: torch.library.custom_op(f"qcompile::{name}", getattr(float_out, name), mutates_args=())
     for name in FLOAT_OUT_OP_NAMES
 })
+OPS["qlinear_w4"] = torch.library.custom_op("qcompile::qlinear_w4", weight_only.qlinear_w4,
+                                            mutates_args=())
+OPS["dequantize_int4"] = torch.library.custom_op("qcompile::dequantize_int4",
+                                                 weight_only.dequantize_int4, mutates_args=())
 
 
 def _like(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -138,3 +142,13 @@ def _qconv2d_f32_fake(x, x_zp, w, bias: Optional[Tensor], scale, stride, padding
 @OPS["qmatmul_f32"].register_fake
 def _qmatmul_f32_fake(a, a_zp, b, b_zp, scale):
     return torch.matmul(a.to(torch.float32), b.to(torch.float32))
+
+
+@OPS["qlinear_w4"].register_fake
+def _qlinear_w4_fake(x, packed, scales, zeros, group_size, bias: Optional[Tensor]):
+    return x.new_empty((*x.shape[:-1], packed.shape[0]), dtype=torch.float32)
+
+
+@OPS["dequantize_int4"].register_fake
+def _dequantize_int4_fake(packed, scales, zeros, group_size):
+    return packed.new_empty((packed.shape[0], packed.shape[1] * 2), dtype=torch.float32)
