@@ -53,6 +53,7 @@ class Recipe:
     weights: str = "int8-per-channel"
     description: str = ""
     smoothing: bool = False
+    weight_solver: str = "rtn"
     options: QuantOptions = field(default_factory=QuantOptions)
 
     @property
@@ -75,6 +76,9 @@ RECIPES: dict[str, Recipe] = {
     "w4a16-rtn": Recipe("w4a16-rtn", "none", weights="int4-group", description=(
         "weight-only int4, group-wise (option group_size, default 128; weight_symmetric), "
         "round to nearest; float32 activations")),
+    "w4a16-gptq": Recipe("w4a16-gptq", "none", weights="int4-group", weight_solver="gptq",
+                         description=("weight-only int4, group-wise, codes chosen by GPTQ from "
+                                      "calibration Hessians (pass options damp, act-order)")),
     "w8a8-dynamic": Recipe("w8a8-dynamic", "dynamic", description=(
         "int8 weights per output channel; linear-layer activations quantized per token "
         "at run time (asymmetric int8)")),

@@ -10,9 +10,10 @@ from qcompile.graph_edit import add_constant, call_before, constant_value
 from qcompile.quant_math import WEIGHT_QMAX, WEIGHT_QMIN
 from qcompile.weight_ranges import weight_scales
 from qcompile.ops import reference
-from qcompile.ops.weight_only import quantize_int4_groups
+from qcompile.ops.weight_only import quantize_int4_codes
 from qcompile.registry import PassResult, register_pass
 
+from .gptq import install_int4_weight
 from .plan import quantizable_anchors
 from .site import observer_sites
 
@@ -39,14 +40,13 @@ def _replace_site(gm: fx.GraphModule, node: fx.Node) -> None:
 
 
 def _quantize_weight_int4(gm: fx.GraphModule, anchor: fx.Node, options) -> None:
+    weight_node = anchor.args[1]
+    if isinstance(weight_node, fx.Node) and weight_node.target is Q.dequantize_int4.default:
+        return                                      # already solved (gptq)
     weight = constant_value(gm, anchor.args[1]).detach().float()
-    packed, scales, zeros = quantize_int4_groups(weight, options.group_size,
-                                                 options.weight_symmetric)
-    nodes = [add_constant(gm, f"{anchor.name}_weight_{part}", value, anchor)
-             for part, value in (("int4", packed), ("scale", scales), ("zero", zeros))]
-    dq = call_before(gm.graph, anchor, Q.dequantize_int4.default, (*nodes, options.group_size),
-                     name=f"{anchor.name}_weight_dq")
-    anchor.args = (anchor.args[0], dq) + tuple(anchor.args[2:])
+    codes, scales, zeros = quantize_int4_codes(weight, options.group_size,
+                                               options.weight_symmetric)
+    install_int4_weight(gm, anchor, codes, scales, zeros, options.group_size)
 
 
 def _quantize_weight(gm: fx.GraphModule, anchor: fx.Node, method: str) -> None:

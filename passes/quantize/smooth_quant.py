@@ -16,7 +16,7 @@ from qcompile.graph_edit import add_constant, call_before, constant_value
 from qcompile.registry import PassResult, register_pass
 
 from .plan import quantizable_anchors
-from .smooth_stats import channel_absmax
+from .activation_stats import channel_absmax
 
 aten = torch.ops.aten
 MIN_SCALE = 1e-5

@@ -54,7 +54,13 @@ def qlinear_w4(x: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, group_s
 
 
 def quantize_int4_groups(w: Tensor, group_size: int, symmetric: bool = True):
-    """Round-to-nearest int4 codes of w [N, K] per group: (packed, scales, zeros).
+    """Round-to-nearest int4 of w [N, K] per group: (packed codes, scales, zeros)."""
+    codes, scales, zeros = quantize_int4_codes(w, group_size, symmetric)
+    return pack_int4(codes), scales, zeros
+
+
+def quantize_int4_codes(w: Tensor, group_size: int, symmetric: bool = True):
+    """Round-to-nearest int4 codes of w [N, K] per group: (codes, scales, zeros).
 
     Symmetric: zero 8, scale = amax / 7 (codes 1..15 used, -7..7 around 8). Asymmetric:
     scale = (max - min) / 15, zero = round(-min / scale) in [0, 15]."""
@@ -73,4 +79,4 @@ def quantize_int4_groups(w: Tensor, group_size: int, symmetric: bool = True):
         scales = torch.where(scales == 0, torch.ones_like(scales), scales)
         zeros = torch.clamp(torch.round(-lo / scales), 0, 15)
     codes = torch.clamp(torch.round(groups / scales[..., None]) + zeros[..., None], 0, 15)
-    return pack_int4(codes.reshape(n, k)), scales, zeros.to(torch.uint8)
+    return codes.reshape(n, k).to(torch.uint8), scales, zeros.to(torch.uint8)

@@ -1,0 +1,79 @@
+"""Statistics of activations over the calibration batches (per-channel max, Hessians)."""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from qcompile.errors import CalibrationError
+from qcompile.inputs import as_tuple, check_inputs
+
+
+class ChannelAbsMax(torch.nn.Module):
+    """Identity that keeps the running max |x| per last-dim channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.value = None
+
+    def forward(self, x):
+        flat = x.detach().abs().reshape(-1, x.shape[-1]).amax(dim=0)
+        self.value = flat if self.value is None else torch.maximum(self.value, flat)
+        return x
+
+
+class InputHessian(torch.nn.Module):
+    """Identity that accumulates X^T X over the rows of x (last dim = features)."""
+
+    def __init__(self):
+        super().__init__()
+        self.value, self.rows = None, 0
+
+    def forward(self, x):
+        flat = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
+        product = flat.T @ flat
+        self.value = product if self.value is None else self.value + product
+        self.rows += flat.shape[0]
+        return x
+
+    def hessian(self) -> torch.Tensor:
+        return 2.0 * self.value / max(self.rows, 1)
+
+
+def channel_absmax(gm: fx.GraphModule, values: list[fx.Node], ctx) -> dict:
+    """Per-channel max |x| of each value over the calibration batches."""
+    modules = collect_statistics(gm, values, ctx, ChannelAbsMax)
+    return {value: module.value for value, module in modules.items()}
+
+
+def input_hessians(gm: fx.GraphModule, values: list[fx.Node], ctx) -> dict:
+    """2 X^T X / n of each value over the calibration batches (GPTQ)."""
+    modules = collect_statistics(gm, values, ctx, InputHessian)
+    return {value: module.hessian() for value, module in modules.items()}
+
+
+def collect_statistics(gm: fx.GraphModule, values: list[fx.Node], ctx, factory) -> dict:
+    """Run the calibration batches once with a temporary `factory()` module after each value."""
+    sites = {}
+    for index, value in enumerate(values):
+        name = f"_stats_{index}"
+        gm.add_submodule(name, factory())
+        with gm.graph.inserting_after(value):
+            sites[value] = gm.graph.call_module(name, (value,))
+    gm.recompile()
+    try:
+        count = 0
+        with torch.no_grad():
+            for index, batch in enumerate(ctx.calibration_data):
+                args = as_tuple(batch)
+                check_inputs(args, ctx.input_specs, f"calibration batch {index}",
+                             error=CalibrationError, check_finite=True)
+                gm(*args)
+                count += 1
+        if count == 0:
+            raise CalibrationError("calibration_data yielded no batches")
+        return {value: gm.get_submodule(site.target) for value, site in sites.items()}
+    finally:
+        for site in sites.values():
+            gm.graph.erase_node(site)
+            gm.delete_submodule(site.target)
+        gm.recompile()
