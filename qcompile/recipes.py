@@ -79,6 +79,9 @@ RECIPES: dict[str, Recipe] = {
     "w4a16-gptq": Recipe("w4a16-gptq", "none", weights="int4-group", weight_solver="gptq",
                          description=("weight-only int4, group-wise, codes chosen by GPTQ from "
                                       "calibration Hessians (pass options damp, act-order)")),
+    "w4a16-awq": Recipe("w4a16-awq", "none", weights="int4-group", weight_solver="awq",
+                        description=("weight-only int4, group-wise, with activation-aware "
+                                     "per-channel scales searched on calibration data")),
     "w8a8-dynamic": Recipe("w8a8-dynamic", "dynamic", description=(
         "int8 weights per output channel; linear-layer activations quantized per token "
         "at run time (asymmetric int8)")),

@@ -1,2 +1,2 @@
 """Quantize: observe, calibrate, insert quantize/dequantize from the recipe."""
-from . import calibrate, gptq, insert_qdq, observe, smooth_quant  # noqa: F401
+from . import awq, calibrate, gptq, insert_qdq, observe, smooth_quant  # noqa: F401

@@ -77,3 +77,27 @@ def collect_statistics(gm: fx.GraphModule, values: list[fx.Node], ctx, factory) 
             gm.graph.erase_node(site)
             gm.delete_submodule(site.target)
         gm.recompile()
+
+
+class ChannelMeanAndSample(torch.nn.Module):
+    """Identity that keeps mean |x| per last-dim channel and the first `rows` rows of x."""
+
+    def __init__(self, rows: int = 256):
+        super().__init__()
+        self.limit, self.total, self.count, self.sample = rows, None, 0, []
+
+    def forward(self, x):
+        flat = x.detach().reshape(-1, x.shape[-1]).float()
+        total = flat.abs().sum(dim=0)
+        self.total = total if self.total is None else self.total + total
+        self.count += flat.shape[0]
+        kept = sum(s.shape[0] for s in self.sample)
+        if kept < self.limit:
+            self.sample.append(flat[: self.limit - kept].clone())
+        return x
+
+
+def channel_means_and_samples(gm: fx.GraphModule, values: list[fx.Node], ctx) -> dict:
+    """(mean |x| per channel, up to 256 rows of x) of each value (AWQ)."""
+    modules = collect_statistics(gm, values, ctx, ChannelMeanAndSample)
+    return {value: (m.total / max(m.count, 1), torch.cat(m.sample)) for value, m in modules.items()}
