@@ -1,7 +1,7 @@
 """Every target's default pipeline, in one place."""
 from __future__ import annotations
 
-QUANTIZE = "canonicalize,fuse,smooth-quant,awq,gptq,observe,calibrate,insert-qdq,lower-int8,cleanup"
+QUANTIZE = "canonicalize,fuse,methods,observe,calibrate,insert-qdq,lower-int8,cleanup"
 
 DEFAULT_PIPELINES: dict[str, str] = {
     "reference": QUANTIZE,

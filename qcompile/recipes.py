@@ -63,7 +63,7 @@ class Recipe:
     @property
     def linear_only(self) -> bool:
         """Recipes that quantize linear layers only (no calibrated activations)."""
-        return self.activations in ("dynamic", "none")
+        return self.activations in ("dynamic", "none", "lowp")
 
 
 RECIPES: dict[str, Recipe] = {
@@ -82,6 +82,11 @@ RECIPES: dict[str, Recipe] = {
     "w4a16-awq": Recipe("w4a16-awq", "none", weights="int4-group", weight_solver="awq",
                         description=("weight-only int4, group-wise, with activation-aware "
                                      "per-channel scales searched on calibration data")),
+    "fp16": Recipe("fp16", "lowp", weights="fp16", description=(
+        "linear, conv2d and matmul on fp16 operands with float32 accumulation; the baseline "
+        "int8 is compared against")),
+    "bf16": Recipe("bf16", "lowp", weights="bf16", description=(
+        "linear, conv2d and matmul on bf16 operands with float32 accumulation")),
     "w8a8-dynamic": Recipe("w8a8-dynamic", "dynamic", description=(
         "int8 weights per output channel; linear-layer activations quantized per token "
         "at run time (asymmetric int8)")),

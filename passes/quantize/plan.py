@@ -93,7 +93,10 @@ def skip_reason(gm, node: fx.Node, kind: str, ctx) -> str | None:
     earlier = facts_of(node).float_reason
     if earlier:
         return earlier
-    if ctx.recipe.linear_only and kind != "linear":
+    if ctx.recipe.activations == "lowp":
+        if kind not in ("linear", "conv2d", "matmul"):
+            return f"recipe {ctx.recipe.name} casts linear, conv2d and matmul only"
+    elif ctx.recipe.linear_only and kind != "linear":
         return f"recipe {ctx.recipe.name} quantizes linear layers only"
     if ctx.recipe.weights == "int4-group" and kind == "linear":
         problem = _group_problem(gm, node, ctx.options.group_size)

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from qcompile.ops import float_out, reference, weight_only
+from qcompile.ops import float_out, lowp, reference, weight_only
 
 Tensor = torch.Tensor
 
@@ -27,6 +27,12 @@ OPS.update({
 })
 OPS["qlinear_w4"] = torch.library.custom_op("qcompile::qlinear_w4", weight_only.qlinear_w4,
                                             mutates_args=())
+OPS["linear_lowp"] = torch.library.custom_op("qcompile::linear_lowp", lowp.linear_lowp,
+                                             mutates_args=())
+OPS["matmul_lowp"] = torch.library.custom_op("qcompile::matmul_lowp", lowp.matmul_lowp,
+                                             mutates_args=())
+OPS["conv2d_lowp"] = torch.library.custom_op("qcompile::conv2d_lowp", lowp.conv2d_lowp,
+                                             mutates_args=())
 OPS["dequantize_int4"] = torch.library.custom_op("qcompile::dequantize_int4",
                                                  weight_only.dequantize_int4, mutates_args=())
 
@@ -152,3 +158,19 @@ def _qlinear_w4_fake(x, packed, scales, zeros, group_size, bias: Optional[Tensor
 @OPS["dequantize_int4"].register_fake
 def _dequantize_int4_fake(packed, scales, zeros, group_size):
     return packed.new_empty((packed.shape[0], packed.shape[1] * 2), dtype=torch.float32)
+
+
+@OPS["linear_lowp"].register_fake
+def _linear_lowp_fake(x, w, bias: Optional[Tensor], dtype):
+    return x.new_empty((*x.shape[:-1], w.shape[0]), dtype=torch.float32)
+
+
+@OPS["matmul_lowp"].register_fake
+def _matmul_lowp_fake(a, b, dtype):
+    return torch.matmul(a, b)
+
+
+@OPS["conv2d_lowp"].register_fake
+def _conv2d_lowp_fake(x, w, bias: Optional[Tensor], stride, padding, dilation, groups, dtype):
+    return torch.nn.functional.conv2d(x, w.to(torch.float32), None, stride, padding, dilation,
+                                      groups)
