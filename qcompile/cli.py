@@ -47,6 +47,23 @@ def _compile_args(sub, flags) -> None:
     p = sub.add_parser("compile", parents=[flags], help="compile a model and save the artifact",
                        description="Import FILE.py, call ATTR (a function returning an nn.Module, "
                        "or an nn.Module), compile it and save the artifact.")
+    _model_args(p)
+    p.add_argument("--out", metavar="M.qcm", help="where to save the compiled artifact")
+    p.add_argument("--dump", metavar="DIR", help="write one graph dump per pass into DIR")
+
+
+def _bisect_args(sub, flags) -> None:
+    p = sub.add_parser("bisect", parents=[flags], help="name the pass whose output error jumps",
+                       description="Compile pass by pass, comparing each stage's output with "
+                       "the float model; name the first pass after which the output SQNR falls "
+                       "by more than --threshold dB.")
+    _model_args(p)
+    p.add_argument("--threshold", type=float, default=3.0, help="dB (default 3)")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="also rank the quantized layers (one compile per layer)")
+
+
+def _model_args(p) -> None:
     p.add_argument("model", metavar="FILE.py:ATTR",
                    help="a Python file (or importable module) and, after the colon, a "
                         "function returning an nn.Module or an nn.Module in it")
@@ -62,8 +79,6 @@ def _compile_args(sub, flags) -> None:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a QuantOptions field, e.g. calibration=mse, keep_float_ops=add,cat, "
                         "calibration_options.p=99.99; may repeat")
-    p.add_argument("--out", metavar="M.qcm", help="where to save the compiled artifact")
-    p.add_argument("--dump", metavar="DIR", help="write one graph dump per pass into DIR")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     flags = _global_flags(False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _compile_args(sub, flags)
+    _bisect_args(sub, flags)
     p = sub.add_parser("report", parents=[flags], help="print the report saved in an artifact")
     p.add_argument("artifact", metavar="M.qcm")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -108,8 +124,9 @@ def _silence_stdout() -> None:
 
 
 def _dispatch(args) -> int:
-    from . import cli_commands
-    return getattr(cli_commands, f"cmd_{args.command}")(args)
+    from . import cli_commands, cli_debug
+    module = cli_debug if args.command == "bisect" else cli_commands
+    return getattr(module, f"cmd_{args.command}")(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -252,3 +252,11 @@ def test_module_entry_point():
                           text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert "reference" in done.stdout and "available" in done.stdout
+
+
+def test_bisect_names_the_quantizing_pass(ws, capsys):
+    assert main(["bisect", f"{ws.model}:build_model", "--example", ws.x, "--calib", ws.calib,
+                 "--sensitivity"]) == 0
+    out = capsys.readouterr().out
+    assert "first pass whose output error jumps: insert-qdq" in out
+    assert "layers ranked by output SQNR" in out
