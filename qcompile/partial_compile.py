@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .errors import ArtifactError, QCompileError
+from .errors import ArtifactError, CaptureError, QCompileError
 from .partial import EagerPart, assemble, plan_parts, record_inputs
 
 
@@ -90,6 +90,11 @@ def compile_partial(model, args: tuple, calibration_data, error: QCompileError, 
                                      dump_dir=part_dump, **kwargs)
         except QCompileError as err:
             plan.eager.append(EagerPart(path, f"compile failed: {err.message}", err.source))
+    if not parts:
+        eager = "; ".join(f"{e.path}: {e.reason}" for e in plan.eager[:5])
+        eager = eager or "the model has no submodules"
+        raise CaptureError(f"partial=True: no submodule could be compiled either ({eager}); "
+                           f"the whole model failed with: {error.message}", source=error.source)
     param_share, flop_share = _shares(model, args, list(parts))
     report = PartialReport(error.message + (f" (at {error.source})" if error.source else ""),
                            {p: cm.report for p, cm in parts.items()}, plan.eager,

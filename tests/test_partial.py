@@ -86,3 +86,9 @@ def test_fully_capturable_model_gives_a_normal_compiled_model():
     x = torch.randn(4, 8)
     compiled = qcompile.compile(model, example_inputs=(x,), calibration_data=[x], partial=True)
     assert isinstance(compiled, qcompile.CompiledModel)
+
+
+def test_nothing_capturable_is_a_clear_error_not_an_empty_compile():
+    with pytest.raises(qcompile.CaptureError, match="no submodule could be compiled") as info:
+        qcompile.compile(Gate().eval(), example_inputs=(torch.randn(4, 16),), partial=True)
+    assert "test_partial.py" in str(info.value)
