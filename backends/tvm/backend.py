@@ -13,6 +13,7 @@ from qcompile.op_kinds import is_qcompile_op
 
 from .cpu_features import choose_path, llvm_target
 from .relax_convert import to_relax
+from .schedule import relax_pipeline
 
 BACKEND = "tvm-cpu"
 
@@ -56,7 +57,8 @@ def build(gm: fx.GraphModule, options=None, example_inputs: tuple | None = None)
     mod = to_relax(gm, example_inputs)
     path = choose_path()
     try:
-        executable = tvm.compile(mod, target=llvm_target(path))
+        target = llvm_target(path)
+        executable = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target))
     except Exception as err:
         raise BackendError(f"TVM failed to build the module: {type(err).__name__}: "
                            f"{str(err).splitlines()[0] if str(err) else ''}") from err

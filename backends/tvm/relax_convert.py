@@ -10,6 +10,7 @@ import torch.fx as fx
 from qcompile.errors import BackendError
 from qcompile.op_kinds import is_qcompile_op
 
+from . import gemm_kernels
 from . import relax_ops as ops
 from . import relax_ops_pool as pool
 
@@ -43,14 +44,28 @@ def _export(gm: fx.GraphModule, example_inputs: tuple):
             return torch.export.export(gm, example_inputs, strict=False)
 
 
+def _bound_values(program) -> dict:
+    """Relax Var name -> torch tensor for the parameters, buffers and constants the importer
+    binds after translation (the converters need them as values: packed GEMM weights)."""
+    values = dict(program.named_parameters())
+    values.update(program.named_buffers())
+    values.update(program.constants)
+    out = {}
+    for spec in program.graph_signature.input_specs:
+        if spec.target in values and isinstance(values[spec.target], torch.Tensor):
+            out[spec.arg.name] = values[spec.target]
+    return out
+
+
 def to_relax(gm: fx.GraphModule, example_inputs: tuple):
     """The Relax IRModule (function "main") computing the lowered graph."""
     from tvm.relax.frontend.torch import from_exported_program
     check_supported(gm)
     program = _export(gm, example_inputs)
     try:
-        return from_exported_program(program, custom_convert_map=CONVERTERS,
-                                     run_ep_decomposition=True)
+        with gemm_kernels.bound_constants(_bound_values(program)):
+            return from_exported_program(program, custom_convert_map=CONVERTERS,
+                                         run_ep_decomposition=True)
     except Exception as err:
         raise BackendError(f"TVM could not import the lowered graph: {type(err).__name__}: "
                            f"{str(err).splitlines()[0] if str(err) else ''}") from err

@@ -58,7 +58,11 @@ def emit_gemm(bb, kern, x, name: str = "qgemm"):
     rows = x
     if len(shape) != 2:
         rows = bb.emit(relax.op.reshape(x, (-1, spec.k)))
-    gvar = bb.add_func(make_prim_func(spec), name)
+    # no global_symbol: TVMScript names every kernel of one mode alike ("qlinear_int8"), and
+    # a module may hold several specs; AttachGlobalSymbol names it after its GlobalVar
+    # tirx.is_scheduled: hand-written, the default schedules of schedule.py leave it alone
+    func = make_prim_func(spec).without_attr("global_symbol").with_attr("tirx.is_scheduled", True)
+    gvar = bb.add_func(func, name)
     # pass tvm tensors: relax.const silently narrows an int64 numpy array to int32
     consts = [relax.const(c) for c in kern.constants]
     out_ty = relax.TensorType((rows.ty.shape.values[0], spec.n), _out_dtype(spec))

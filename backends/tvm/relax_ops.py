@@ -121,6 +121,10 @@ def _conv_acc(x, x_zp, w, stride, padding, dilation, groups):
 def _qconv2d(node, importer):
     x, x_zp, w, bias, m, n, out_zp, qmin, qmax, stride, padding, dilation, groups = \
         importer.retrieve_args(node)
+    fast = gemm_kernels.qconv2d(x, x_zp, w, bias, m, n, out_zp, qmin, qmax, stride, padding,
+                                dilation, groups, node.name)
+    if fast is not None:
+        return fast
     acc = _conv_acc(x, x_zp, w, stride, padding, dilation, groups)
     if bias is not None:
         acc = E.add(acc, E.reshape(bias, (-1, 1, 1)))
@@ -129,6 +133,10 @@ def _qconv2d(node, importer):
 
 def _qconv2d_f32(node, importer):
     x, x_zp, w, bias, scale, stride, padding, dilation, groups = importer.retrieve_args(node)
+    fast = gemm_kernels.qconv2d_f32(x, x_zp, w, bias, scale, stride, padding, dilation, groups,
+                                    node.name)
+    if fast is not None:
+        return fast
     acc = _conv_acc(x, x_zp, w, stride, padding, dilation, groups)
     y = E.multiply(E.astype(acc, "float32"), E.reshape(scale, (-1, 1, 1)))
     return _emit(importer, y if bias is None else E.add(y, E.reshape(bias, (-1, 1, 1))))
