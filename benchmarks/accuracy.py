@@ -25,7 +25,8 @@ from qcompile.zoo import digits, mobilenet_v2, resnet18, small_vit  # noqa: E402
 
 QCOMPILE_RECIPES = (("w8a8", None), ("w8a8-smoothquant", None),
                     ("w8a8-smoothquant", {"alpha": 0.75}), ("w8a8-dynamic", None),
-                    ("w4a16-rtn", None), ("w4a16-gptq", None))
+                    ("w4a16-rtn", None), ("w4a16-gptq", None), ("w4a16-awq", None),
+                    ("fp16", None))
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
