@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from qcompile.errors import CalibrationError
-from qcompile.inputs import as_tuple, check_inputs
+from .stream import run_calibration_batches
 
 
 class ChannelAbsMax(torch.nn.Module):
@@ -61,16 +60,7 @@ def collect_statistics(gm: fx.GraphModule, values: list[fx.Node], ctx, factory) 
             sites[value] = gm.graph.call_module(name, (value,))
     gm.recompile()
     try:
-        count = 0
-        with torch.no_grad():
-            for index, batch in enumerate(ctx.calibration_data):
-                args = as_tuple(batch)
-                check_inputs(args, ctx.input_specs, f"calibration batch {index}",
-                             error=CalibrationError, check_finite=True)
-                gm(*args)
-                count += 1
-        if count == 0:
-            raise CalibrationError("calibration_data yielded no batches")
+        run_calibration_batches(gm, ctx, "statistics")
         return {value: gm.get_submodule(site.target) for value, site in sites.items()}
     finally:
         for site in sites.values():

@@ -3,18 +3,16 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-import torch
 import torch.fx as fx
 
 from qcompile.errors import CalibrationError, PipelineError
 from qcompile.facts import QParams, ValueRange, update_facts
-from qcompile.inputs import as_tuple, check_inputs
 from qcompile.observers import make_observer
-from qcompile.progress import Progress
 from qcompile.quant_math import qparams_from_range
 from qcompile.registry import PassResult, register_pass
 
 from .site import observer_sites
+from .stream import run_calibration_batches
 
 
 def _number(name: str, text):
@@ -50,25 +48,8 @@ def _observing(sites):
 
 
 def _stream(gm: fx.GraphModule, ctx, sites) -> int:
-    if ctx.calibration_data is None:
-        raise CalibrationError("no calibration data (compile() passes the example inputs "
-                               "when calibration_data is None)")
-    count = 0
-    with _observing(sites), torch.no_grad(), Progress("calibrate", enabled=ctx.options.progress) as bar:
-        for index, batch in enumerate(ctx.calibration_data):
-            try:
-                args = as_tuple(batch)
-            except TypeError as err:
-                raise CalibrationError(f"calibration batch {index}: {err}") from None
-            check_inputs(args, ctx.input_specs, f"calibration batch {index}",
-                         error=CalibrationError, check_finite=True)
-            gm(*args)
-            count += 1
-            bar.update()
-    if count == 0:
-        raise CalibrationError("calibration_data yielded no batches (an empty or already "
-                               "consumed iterable?)")
-    return count
+    with _observing(sites):
+        return run_calibration_batches(gm, ctx, "calibrate")
 
 
 def _choose_qparams(sites, method: str, symmetric: bool) -> None:
