@@ -88,6 +88,19 @@ def arg(node: fx.Node, index: int, name: str, default=None):
     return node.kwargs.get(name, default)
 
 
+def _pair(value, default) -> list[int]:
+    value = list(value) if value is not None else list(default)
+    return value * 2 if len(value) == 1 else value
+
+
+def conv2d_geometry(conv: fx.Node) -> tuple:
+    """(stride, padding, dilation, groups) of an aten.conv2d node, defaults filled in."""
+    stride = _pair(arg(conv, 3, "stride", None), [1, 1])
+    padding = _pair(arg(conv, 4, "padding", None), [0, 0])
+    dilation = _pair(arg(conv, 5, "dilation", None), [1, 1])
+    return stride, padding, dilation, int(arg(conv, 6, "groups", 1))
+
+
 def module_path(node: fx.Node) -> str:
     """Dotted path of the innermost nn.Module that produced `node` ('' at top level)."""
     stack = node.meta.get("nn_module_stack") or {}

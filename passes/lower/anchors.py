@@ -5,7 +5,7 @@ import torch
 import torch.fx as fx
 
 from qcompile.graph_edit import add_constant, call_before, constant_value, replace_with
-from qcompile.op_kinds import activation_of, arg
+from qcompile.op_kinds import activation_of, arg, conv2d_geometry
 from qcompile.quant_math import shared_shift_multipliers
 
 from .common import (channel_multipliers, check_accumulator, clamp_bounds, int32_bias,
@@ -31,7 +31,8 @@ def _group_behind(qnode: fx.Node, targets) -> tuple | None:
     return anchor, activation
 
 
-def _weighted_parts(gm, anchor: fx.Node):
+def weighted_parts(gm, anchor: fx.Node):
+    """(dequantized input, int8 weight, float bias or None) when all three are lowerable."""
     x = dequantized(anchor.args[0])
     weight = int8_weight(gm, anchor.args[1])
     bias_node = arg(anchor, 2, "bias", None)
@@ -44,7 +45,7 @@ def _weighted_parts(gm, anchor: fx.Node):
 def lower_weighted(gm, qnode: fx.Node) -> bool:
     """qlinear / qconv2d with int32 bias, per-channel requantize and fused clamp."""
     found = _group_behind(qnode, (aten.linear.default, aten.conv2d.default))
-    parts = _weighted_parts(gm, found[0]) if found else None
+    parts = weighted_parts(gm, found[0]) if found else None
     if parts is None:
         return False
     (anchor, activation), (x, weight, bias) = found, parts
@@ -62,7 +63,7 @@ def lower_weighted(gm, qnode: fx.Node) -> bool:
         new = call_before(gm.graph, qnode, Q.qlinear.default, common, origin=anchor,
                           name=lowered_name(anchor))
     else:
-        new = call_before(gm.graph, qnode, Q.qconv2d.default, common + _conv_args(anchor),
+        new = call_before(gm.graph, qnode, Q.qconv2d.default, common + conv2d_geometry(anchor),
                           origin=anchor, name=lowered_name(anchor))
     mark_lowered(new, anchor, out, (x.qparams,), activation, origin=qnode.args[0])
     replace_with(qnode, new)
@@ -75,18 +76,6 @@ def _register(gm, anchor, before, bias_i32, m, n):
     m_node = add_constant(gm, f"{anchor.name}_multiplier", m, before)
     n_node = add_constant(gm, f"{anchor.name}_shift", n, before)
     return bias_node, m_node, n_node
-
-
-def _pair(value, default) -> list[int]:
-    value = list(value) if value is not None else list(default)
-    return value * 2 if len(value) == 1 else value
-
-
-def _conv_args(conv: fx.Node) -> tuple:
-    stride = _pair(arg(conv, 3, "stride", None), [1, 1])
-    padding = _pair(arg(conv, 4, "padding", None), [0, 0])
-    dilation = _pair(arg(conv, 5, "dilation", None), [1, 1])
-    return stride, padding, dilation, int(arg(conv, 6, "groups", 1))
 
 
 def lower_matmul(gm, qnode: fx.Node) -> bool:

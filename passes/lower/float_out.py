@@ -9,12 +9,12 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from qcompile.graph_edit import add_constant, call_before, constant_value, replace_with
-from qcompile.op_kinds import activation_of, arg
+from qcompile.graph_edit import add_constant, call_before, replace_with
+from qcompile.op_kinds import activation_of, arg, conv2d_geometry
 
-from .anchors import _conv_args
+from .anchors import weighted_parts
 from .common import lowered_name, mark_lowered
-from .match import Q, dequantized, int8_weight, quantize_params
+from .match import Q, dequantized, quantize_params
 
 aten = torch.ops.aten
 
@@ -34,13 +34,12 @@ def lower_weighted_float_out(gm, node: fx.Node) -> bool:
     if node.op != "call_function" or node.target not in (aten.linear.default,
                                                          aten.conv2d.default):
         return False
-    x, weight = dequantized(node.args[0]), int8_weight(gm, node.args[1])
-    bias_node = arg(node, 2, "bias", None)
     # no users: the dead anchor left behind once its dq -> op -> q pattern was lowered
-    if x is None or weight is None or not node.users or feeds_quantize(node):
+    parts = weighted_parts(gm, node) if node.users and not feeds_quantize(node) else None
+    if parts is None:
         return False
-    if bias_node is not None and constant_value(gm, bias_node) is None:
-        return False
+    x, weight, _ = parts
+    bias_node = arg(node, 2, "bias", None)
     scale = (torch.tensor(x.qparams.scale, dtype=torch.float32) * weight.scales.float())
     scale_node = add_constant(gm, f"{node.name}_out_scale", scale, node)
     common = (x.node, x.qparams.zero_point, weight.int8, bias_node, scale_node)
@@ -48,7 +47,7 @@ def lower_weighted_float_out(gm, node: fx.Node) -> bool:
         new = call_before(gm.graph, node, Q.qlinear_f32.default, common, origin=node,
                           name=lowered_name(node))
     else:
-        new = call_before(gm.graph, node, Q.qconv2d_f32.default, common + _conv_args(node),
+        new = call_before(gm.graph, node, Q.qconv2d_f32.default, common + conv2d_geometry(node),
                           origin=node, name=lowered_name(node))
     mark_lowered(new, node, None, (x.qparams,))
     replace_with(node, new)

@@ -8,7 +8,7 @@ import torch.fx as fx
 
 from qcompile.facts import update_facts
 from qcompile.graph_edit import add_constant, call_before, constant_value, replace_with
-from qcompile.op_kinds import arg
+from qcompile.op_kinds import arg, conv2d_geometry
 from qcompile.ops.lowp import DTYPES
 from qcompile.registry import PassResult, register_pass
 
@@ -18,11 +18,6 @@ Q = torch.ops.qcompile
 aten = torch.ops.aten
 
 
-def _pair(value, default):
-    value = list(value) if value is not None else list(default)
-    return value * 2 if len(value) == 1 else value
-
-
 def _weighted(gm, node: fx.Node, kind: str, dtype: str) -> fx.Node:
     weight = constant_value(gm, node.args[1]).detach().to(DTYPES[dtype])
     w = add_constant(gm, f"{node.name}_weight_{dtype}", weight, node)
@@ -30,10 +25,8 @@ def _weighted(gm, node: fx.Node, kind: str, dtype: str) -> fx.Node:
     if kind == "linear":
         return call_before(gm.graph, node, Q.linear_lowp.default, (node.args[0], w, bias, dtype),
                            origin=node, name=f"{node.name}_{dtype}")
-    conv = (_pair(arg(node, 3, "stride", None), [1, 1]), _pair(arg(node, 4, "padding", None), [0, 0]),
-            _pair(arg(node, 5, "dilation", None), [1, 1]), int(arg(node, 6, "groups", 1)))
     return call_before(gm.graph, node, Q.conv2d_lowp.default,
-                       (node.args[0], w, bias, *conv, dtype), origin=node,
+                       (node.args[0], w, bias, *conv2d_geometry(node), dtype), origin=node,
                        name=f"{node.name}_{dtype}")
 
 
