@@ -39,7 +39,7 @@ def run(gm, ctx, text, instruments=()):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def test_passes():
+def registered_test_passes():
     @qcompile.register_pass("test-pm-noop")
     def noop(gm, ctx):
         """Claims a change but does nothing."""
