@@ -10,7 +10,7 @@ import torch.fx as fx
 
 from qcompile.dump import op_name
 from qcompile.errors import BackendError
-from qcompile.facts import KernelChoice, facts_of, update_facts
+from qcompile.kernels import record_kernels
 from qcompile.op_kinds import is_qcompile_op
 
 BACKEND = "reference"
@@ -46,7 +46,5 @@ class ReferenceRunner:
 def build(gm: fx.GraphModule, options=None, example_inputs=None) -> ReferenceRunner:
     """Check the lowered graph and record which kernel runs each compute node."""
     _check_runnable(gm)
-    for node in gm.graph.nodes:
-        if node.op == "call_function" and (is_qcompile_op(node) or facts_of(node).float_reason):
-            update_facts(node, kernel=KernelChoice(_kernel_name(node), BACKEND))
+    record_kernels(gm, BACKEND, _kernel_name)
     return ReferenceRunner(gm)

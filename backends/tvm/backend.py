@@ -7,9 +7,8 @@ from torch.utils import _pytree as pytree
 
 from qcompile.dump import op_name
 from qcompile.errors import BackendError
-from qcompile.facts import KernelChoice, facts_of, update_facts
+from qcompile.kernels import record_kernels
 from qcompile.graph_run import flat_inputs
-from qcompile.op_kinds import is_qcompile_op
 
 from .cpu_features import choose_path, llvm_target
 from .relax_convert import to_relax
@@ -42,10 +41,7 @@ def _is_tuple(value) -> bool:
 
 
 def _mark_kernels(gm: fx.GraphModule, path: str) -> None:
-    for node in gm.graph.nodes:
-        if node.op == "call_function" and (is_qcompile_op(node) or facts_of(node).float_reason):
-            name = op_name(node.target).split(".", 1)[1]
-            update_facts(node, kernel=KernelChoice(f"tvm-{path}:{name}", BACKEND))
+    record_kernels(gm, BACKEND, lambda node: f"tvm-{path}:{op_name(node.target).split('.', 1)[1]}")
 
 
 def build(gm: fx.GraphModule, options=None, example_inputs: tuple | None = None) -> TvmRunner:

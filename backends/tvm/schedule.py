@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import tvm
 import tvm_ffi
-from tvm import relax, s_tir, tirx
+from tvm import s_tir, tirx
 
 SCHEDULED = "tirx.is_scheduled"
 VECTOR_BITS = 512
