@@ -122,3 +122,28 @@ def test_minilm_cpu_int8_matches_reference_within_float_island_tolerance():
     want = minilm.embed(ref, tokenizer, sentences, max_length=32)
     got = minilm.embed(cpu, tokenizer, sentences, max_length=32)
     assert minilm.cosine_to_reference(got, want) > 0.999
+
+
+class FloatOutConv(torch.nn.Module):
+    """Convs whose outputs are model outputs (float): qconv2d_f32 on the TVM im2col path."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.strided = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False)
+
+    def forward(self, x):
+        return self.conv(x), self.strided(x)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-4, 2e3])
+def test_float_output_convs_bit_exact(scale):
+    torch.manual_seed(5)
+    calibration = [torch.randn(2, 3, 12, 12) * scale for _ in range(2)]
+    ref, cpu = _both(FloatOutConv(), calibration[0], calibration)
+    conv_f32 = [n for n in cpu.graph.graph.nodes
+                if n.target is torch.ops.qcompile.qconv2d_f32.default]
+    assert len(conv_f32) == 2
+    x = torch.randn(3, 3, 12, 12) * scale * 50                    # clamps at both ends
+    for got, want in zip(cpu(x), ref(x)):
+        assert torch.equal(got, want)
