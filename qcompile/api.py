@@ -10,7 +10,7 @@ from .instruments import DumpInstrument, FloatSnapshotInstrument, NumericsInstru
 from .pass_manager import PassManager
 from .pipeline import Pipeline
 from .recipes import resolve_recipe
-from .report_build import build_report
+from .report_build import build_report, build_summary
 from .targets import get_target
 
 
@@ -65,7 +65,11 @@ def compile(model, target: str = "reference", example_inputs=None, calibration_d
     if dumper is not None:
         dumper.write_final(graph)
     report = build_report(graph, snapshot.snapshot, manager.records, ctx)
+    report.build = build_summary(runner)
     if dump_dir is not None:
         from .html_report import write_html_report
         write_html_report(dump_dir, report)
-    return CompiledModel(graph, runner, report, tgt.name, resolved, captured.input_specs)
+    compiled = CompiledModel(graph, runner, report, tgt.name, resolved, captured.input_specs)
+    if resolved.options.profile:
+        compiled.profile(*args)
+    return compiled

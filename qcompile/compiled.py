@@ -30,6 +30,16 @@ class CompiledModel:
         check_inputs(args, self.input_specs, "compiled model input", error=InputError)
         return self._runner(*args)
 
+    def profile(self, *args, runs: int = 5) -> list[dict]:
+        """Time every kernel over `runs` runs of `args`: rows {function, node, calls, ms,
+        share}, largest first; also kept in `report.kernel_times` (shown in the report)."""
+        from .kernel_profile import profile_model
+        if len(args) == 1 and isinstance(args[0], (tuple, list)):
+            args = as_tuple(args[0])
+        check_inputs(args, self.input_specs, "profile input", error=InputError)
+        self.report.kernel_times = profile_model(self._runner, self._graph, args, runs=runs)
+        return self.report.kernel_times
+
     def save(self, path: str) -> None:
         """Write one versioned, checksummed file: graph, weights, qparams, target, versions."""
         from .artifact import save_compiled

@@ -27,6 +27,17 @@ class QuantOptions:
     numerics: compare each pass's output with the float model (report and bisect)
     progress: show progress bars (None: only on a terminal)
     dump_only_changed: with dump_dir, write a pass's dump only when it changed the graph
+
+    Backend options (cpu-int8; other targets ignore them):
+    cpu_path: highest ISA path for the generated kernels ("auto", "avx512-vnni", "avx2",
+        "generic"); forcing is only ever downwards
+    tune_trials: kernel candidates to measure in total (0 with tune_seconds 0: no tuning,
+        default tiles; earlier measurements in the tuning database are still used)
+    tune_seconds: wall-clock budget for tuning (0: no time limit besides tune_trials)
+    tune_rpc: measure on other machines through a TVM RPC tracker, "host:port:key"
+    cache: reuse (and fill) the on-disk tuning database and compiled-library cache
+    cache_dir: where those live (default $QCOMPILE_CACHE_DIR, else ~/.cache/qcompile)
+    profile: after the build, time every kernel on the example inputs (report.kernel_times)
     """
     calibration: str = "mse"
     alpha: float = 0.5
@@ -40,6 +51,13 @@ class QuantOptions:
     numerics: bool = True
     progress: bool | None = None
     dump_only_changed: bool = False
+    cpu_path: str = "auto"
+    tune_trials: int = 0
+    tune_seconds: float = 0.0
+    tune_rpc: str | None = None
+    cache: bool = True
+    cache_dir: str | None = None
+    profile: bool = False
 
     def calibration_knobs(self) -> dict[str, Any]:
         return dict(self.calibration_options)
@@ -92,6 +110,7 @@ RECIPES: dict[str, Recipe] = {
         "at run time (asymmetric int8)")),
 }
 
+CPU_PATHS = ("auto", "avx512-vnni", "avx2", "generic")
 _OPTION_KINDS = {"linear", "conv2d", "matmul", "add", "pool", "cat"}
 
 
@@ -121,15 +140,21 @@ def _as_options(options: Any, base: QuantOptions | None = None) -> QuantOptions:
 _OPTION_TYPES = (("calibration", str), ("symmetric_activations", bool), ("numerics", bool),
                  ("dump_only_changed", bool), ("alpha", (int, float)), ("group_size", int),
                  ("weight_symmetric", bool),
-                 ("progress", (bool, type(None))))
+                 ("progress", (bool, type(None))), ("cpu_path", str), ("tune_trials", int),
+                 ("tune_seconds", (int, float)), ("tune_rpc", (str, type(None))),
+                 ("cache", bool), ("cache_dir", (str, type(None))), ("profile", bool))
+
+
+def _kind_names(kinds) -> str:
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    return " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
 
 
 def _check_types(options: QuantOptions) -> None:
     for name, kinds in _OPTION_TYPES:
         value = getattr(options, name)
         if not isinstance(value, kinds):
-            raise RecipeError(f"option {name} expects {getattr(kinds, '__name__', 'bool or None')}, "
-                              f"got {value!r}")
+            raise RecipeError(f"option {name} expects {_kind_names(kinds)}, got {value!r}")
     for name in ("keep_float", "keep_float_ops"):
         value = getattr(options, name)
         if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
@@ -147,6 +172,12 @@ def _check(options: QuantOptions) -> None:
     if options.weight_calibration not in ("minmax", "mse"):
         raise RecipeError(f"unknown weight_calibration '{options.weight_calibration}'; "
                           "valid: minmax, mse")
+    if options.cpu_path not in CPU_PATHS:
+        raise RecipeError(f"unknown cpu_path {options.cpu_path!r}; valid: {', '.join(CPU_PATHS)}")
+    if options.tune_trials < 0 or options.tune_seconds < 0:
+        raise RecipeError("tune_trials and tune_seconds must be >= 0")
+    if options.tune_rpc is not None and len(options.tune_rpc.rsplit(":", 2)) != 3:
+        raise RecipeError(f"tune_rpc expects 'host:port:key', got {options.tune_rpc!r}")
     bad = sorted(set(options.keep_float_ops) - _OPTION_KINDS)
     if bad:
         raise RecipeError(f"keep_float_ops: unknown op kind(s) {', '.join(bad)}; "

@@ -44,6 +44,8 @@ class Report:
     calibration: dict
     diagnostics: list[tuple[str, str, str]]
     output_sqnr_db: float | None = None
+    kernel_times: list[dict] = field(default_factory=list)  # kernel_profile.kernel_rows
+    build: dict = field(default_factory=dict)  # the backend's build facts (path, cache, tuning)
 
     @property
     def float_islands(self) -> list[NodeRow]:
@@ -55,6 +57,8 @@ class Report:
         if deterministic:
             for row in data["passes"]:
                 row["seconds"] = 0.0
+            data["kernel_times"] = []
+            data["build"].pop("cached", None)
         return data
 
     def to_json(self, indent: int = 2) -> str:
@@ -130,4 +134,5 @@ def report_from_dict(data: dict) -> Report:
     passes = [PassRow(**{**row, "sqnr_db": _number(row["sqnr_db"])}) for row in data["passes"]]
     diagnostics = [tuple(d) for d in data["diagnostics"]]
     return Report(data["target"], data["recipe"], nodes, passes, data["totals"],
-                  data["calibration"], diagnostics, _number(data["output_sqnr_db"]))
+                  data["calibration"], diagnostics, _number(data["output_sqnr_db"]),
+                  data.get("kernel_times", []), data.get("build", {}))

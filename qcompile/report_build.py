@@ -17,3 +17,14 @@ def build_report(graph, float_graph, records, ctx) -> Report:
     return Report(target=ctx.target, recipe=ctx.recipe.name, nodes=rows, passes=passes,
                   totals=totals_for(graph, float_graph), calibration=dict(ctx.calibration_summary),
                   diagnostics=list(ctx.diagnostics.messages), output_sqnr_db=final_sqnr)
+
+
+def build_summary(runner) -> dict:
+    """What the backend's build did, for the report: ISA path, cache hit, tuned shapes."""
+    info = getattr(runner, "build_info", None) or {}
+    summary = {k: info[k] for k in ("path", "cached") if k in info}
+    if "tiles" in info:
+        summary["tuned_gemm_shapes"] = len(info["tiles"])
+    if "key" in info:
+        summary["library_key"] = info["key"][:16]
+    return summary

@@ -19,6 +19,26 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
+def _build_lines(build: dict) -> list[str]:
+    if not build:
+        return []
+    parts = [f"{k}: {v}" for k, v in sorted(build.items())]
+    return ["", "backend build: " + "; ".join(parts)]
+
+
+def _kernel_lines(rows: list[dict], top: int = 20) -> list[str]:
+    if not rows:
+        return []
+    shown = [[r["function"][:60], r["node"] or "-", str(r["calls"]), f"{r['ms']:.3f}",
+              f"{100 * r['share']:.1f}"] for r in rows[:top]]
+    out = ["", f"run time by kernel (total {sum(r['ms'] for r in rows):.3f} ms per run)"]
+    out += _table(["kernel", "node", "calls", "ms", "share %"], shown)
+    if len(rows) > top:
+        rest = rows[top:]
+        out.append(f"... {len(rest)} more kernels, {sum(r['ms'] for r in rest):.3f} ms")
+    return out
+
+
 def render(report) -> str:
     t = report.totals
     lines = [f"qcompile report: target={report.target} recipe={report.recipe}",
@@ -37,6 +57,7 @@ def render(report) -> str:
     prow = [[str(p.index), p.name, "yes" if p.changed else "no", f"{p.seconds * 1000:.1f}",
              _db(p.sqnr_db)] for p in report.passes]
     lines += _table(["#", "pass", "changed", "ms", "output SQNR dB"], prow)
+    lines += _build_lines(report.build) + _kernel_lines(report.kernel_times)
     for level, pass_name, text in report.diagnostics:
         lines.append(f"{level}: [{pass_name or 'compile'}] {text}")
     return "\n".join(lines) + "\n"

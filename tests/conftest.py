@@ -96,3 +96,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """Compiled libraries and tuning records of this test session stay in a temporary dir."""
+    import os
+    if os.environ.get("QCOMPILE_CACHE_DIR"):
+        yield
+        return
+    os.environ["QCOMPILE_CACHE_DIR"] = str(tmp_path_factory.mktemp("qcompile-cache"))
+    yield
+    os.environ.pop("QCOMPILE_CACHE_DIR", None)

@@ -85,6 +85,25 @@ def test_attention_matmuls_and_float_islands_match():
     assert any(k.startswith("tvm-") and k.endswith(":qmatmul") for k in kernels)
 
 
+def _paths():
+    from qcompile.backends.tvm.cpu_features import detect
+    return detect().paths()
+
+
+@pytest.mark.parametrize("path", _paths())
+def test_every_isa_path_this_cpu_runs_is_bit_exact(path):
+    """cpu_path forces each ISA path the machine has: same integers as the reference."""
+    torch.manual_seed(5)
+    calibration = [torch.randn(2, 3, 16, 16) for _ in range(2)]
+    ref, cpu = _both(ConvNet(), calibration[0], calibration, options={"cpu_path": path})
+    x = torch.randn(3, 3, 16, 16) * 4
+    assert torch.equal(ref(x), cpu(x))
+    assert all(r.kernel.startswith(f"tvm-{path}:") for r in cpu.report.nodes if r.kernel)
+    attention = [torch.randn(2, 6, 16) for _ in range(2)]
+    ref, cpu = _both(AttentionNet(), attention[0], attention, options={"cpu_path": path})
+    assert torch.allclose(ref(attention[1]), cpu(attention[1]), atol=1e-4)
+
+
 def test_dynamic_linear_bit_exact():
     torch.manual_seed(3)
     model = torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.Linear(40, 7))

@@ -1,63 +1,112 @@
-"""cpu-int8 backend: the lowered graph as one TVM-compiled native module, run by Relax's VM."""
+"""cpu-int8 backend: the lowered graph as one TVM-compiled native library, run by Relax's VM.
+
+build() = tune (within the options' budget; measurements persist in the tuning database) ->
+look the library up in the on-disk cache (key: graph, constants, shapes, ISA path, target,
+tiles, versions) -> compile and store it on a miss -> load it into a Relax VM. A saved
+artifact carries the library itself (`TvmRunner.library_bytes`, `load_library`), so loading
+on a machine with the same TVM and CPU path needs no compile.
+"""
 from __future__ import annotations
 
-import torch
+import warnings
+
 import torch.fx as fx
-from torch.utils import _pytree as pytree
 
-from qcompile.dump import op_name
-from qcompile.errors import BackendError
-from qcompile.kernels import record_kernels
-from qcompile.graph_run import flat_inputs
+from qcompile.errors import BackendError, QCompileWarning
+from qcompile.recipes import QuantOptions
 
-from .cpu_features import choose_path, llvm_target
+from . import tiles as tile_tables
+from .build_cache import (LibraryCache, cache_root, export_bytes, library_key,
+                          toolchain_versions)
+from .cpu_features import PATHS, choose_path, cpu_identity, detect, limited, llvm_target
+from .kernel_names import mark_kernels
 from .relax_convert import to_relax
+from .runner import TvmRunner, runner_from_library
 from .schedule import relax_pipeline
+from .tune import tune_graph
+from .tuning_db import TuningDatabase
 
 BACKEND = "tvm-cpu"
 
 
-class TvmRunner:
-    """Calls the compiled Relax `main` with the flattened inputs; rebuilds the outputs."""
-
-    def __init__(self, vm, gm: fx.GraphModule, device):
-        self.vm, self.gm, self.device = vm, gm, device
-        info = getattr(gm.graph._codegen, "pytree_info", None)
-        self.out_spec = info.out_spec if info is not None else None
-
-    def __call__(self, *args):
-        import tvm
-        flat = [tvm.runtime.from_dlpack(t.detach().contiguous()) for t in flat_inputs(self.gm, args)
-                if isinstance(t, torch.Tensor)]
-        result = self.vm["main"](*flat)
-        outs = [torch.from_dlpack(r) for r in (result if _is_tuple(result) else [result])]
-        if self.out_spec is None:
-            return outs[0] if len(outs) == 1 else tuple(outs)
-        return pytree.tree_unflatten(outs, self.out_spec)
-
-
-def _is_tuple(value) -> bool:
-    return not hasattr(value, "shape") and hasattr(value, "__len__")
-
-
-def _mark_kernels(gm: fx.GraphModule, path: str) -> None:
-    record_kernels(gm, BACKEND, lambda node: f"tvm-{path}:{op_name(node.target).split('.', 1)[1]}")
-
-
-def build(gm: fx.GraphModule, options=None, example_inputs: tuple | None = None) -> TvmRunner:
-    """Compile `gm` with TVM for this CPU (features detected at run time)."""
+def _compile(gm: fx.GraphModule, example_inputs: tuple, target, table: dict):
     import tvm
-    from tvm import relax
-    if example_inputs is None:
-        raise BackendError("the TVM backend needs example inputs to build")
-    mod = to_relax(gm, example_inputs)
-    path = choose_path()
+    with tile_tables.using(table):
+        mod = to_relax(gm, example_inputs)
     try:
-        target = llvm_target(path)
-        executable = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target))
+        return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target))
     except Exception as err:
         raise BackendError(f"TVM failed to build the module: {type(err).__name__}: "
                            f"{str(err).splitlines()[0] if str(err) else ''}") from err
-    device = tvm.cpu()
-    _mark_kernels(gm, path)
-    return TvmRunner(relax.VirtualMachine(executable, device), gm, device)
+
+
+def _tile_table(gm: fx.GraphModule, path: str, options: QuantOptions) -> dict:
+    root = cache_root(options.cache_dir) if options.cache else None
+    db = TuningDatabase(root, cpu_identity(), toolchain_versions())
+    return tune_graph(gm, path, db, trials=options.tune_trials, seconds=options.tune_seconds,
+                      rpc=options.tune_rpc, progress=options.progress)
+
+
+def _library(cache: LibraryCache | None, key: str, executable) -> bytes | None:
+    """The exported library (stored in the cache when there is one); None if it cannot be
+    exported here (no C compiler to link): the model then runs from memory."""
+    try:
+        return cache.store(key, executable).read_bytes() if cache else export_bytes(executable)
+    except Exception as err:  # noqa: BLE001 - export needs a C compiler
+        warnings.warn(f"qcompile: could not export the compiled library ({type(err).__name__}: "
+                      f"{err}); it runs from memory, is not cached and not saved with the model",
+                      QCompileWarning, stacklevel=3)
+        return None
+
+
+def build(gm: fx.GraphModule, options=None, example_inputs: tuple | None = None) -> TvmRunner:
+    """Compile `gm` with TVM for this CPU (features detected at run time), tuned and cached."""
+    if example_inputs is None:
+        raise BackendError("the TVM backend needs example inputs to build")
+    options = options or QuantOptions()
+    with limited(options.cpu_path):  # every kernel built below picks this path or lower
+        return _build(gm, options, example_inputs)
+
+
+def _build(gm: fx.GraphModule, options: QuantOptions, example_inputs: tuple) -> TvmRunner:
+    path = choose_path()
+    target = llvm_target(path)
+    table = _tile_table(gm, path, options)
+    key = library_key(gm, example_inputs, path, target, table)
+    cache = LibraryCache(cache_root(options.cache_dir)) if options.cache else None
+    hit = cache.lookup(key) if cache else None
+    data = hit.read_bytes() if hit else None
+    if data is None:
+        executable = _compile(gm, example_inputs, target, table)
+        data = _library(cache, key, executable)
+        if data is None:
+            runner = TvmRunner.from_executable(executable, gm)
+    if data is not None:
+        runner = runner_from_library(data, gm)
+    cached = hit is not None
+    runner.build_info = {"path": path, "key": key, "cached": cached, "tiles": table,
+                         "versions": toolchain_versions()}
+    mark_kernels(gm, BACKEND, path, table)
+    return runner
+
+
+def _check_loadable(build_info: dict) -> None:
+    path = build_info.get("path")
+    if path not in PATHS or not detect().supports(path):
+        raise BackendError(f"the library was built for cpu path {path!r}, which this CPU "
+                           f"cannot run (it runs: {', '.join(detect().paths())})")
+    saved, here = build_info.get("versions", {}), toolchain_versions()
+    for name in ("tvm", "tvm_ffi"):
+        if saved.get(name) != here[name]:
+            raise BackendError(f"the library was built with {name} {saved.get(name)}; this "
+                               f"machine has {here[name]}")
+
+
+def load_library(gm: fx.GraphModule, data: bytes, build_info: dict) -> TvmRunner:
+    """A runner from a library saved in an artifact (no compile); BackendError when the
+    library cannot run here (another ISA path or TVM version)."""
+    _check_loadable(build_info)
+    runner = runner_from_library(data, gm)
+    runner.build_info = dict(build_info)
+    mark_kernels(gm, BACKEND, build_info.get("path", "?"), build_info.get("tiles", {}))
+    return runner

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import os
 import platform
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 
 PATHS = ("avx512-vnni", "avx2", "generic")  # best first
 ENV_VAR = "QCOMPILE_CPU_PATH"
+_LIMIT: ContextVar[str | None] = ContextVar("qcompile_cpu_path_limit", default=None)
 
 # cpuinfo flags each path needs
 _NEEDS = {
@@ -80,15 +83,28 @@ def detect() -> CpuFeatures:
 
 
 def choose_path(limit: str | None = None, features: CpuFeatures | None = None) -> str:
-    """The best path at or below `limit` (default: $QCOMPILE_CPU_PATH, else no limit)."""
+    """The best path at or below `limit` (default: the `limited()` block's, else
+    $QCOMPILE_CPU_PATH, else no limit)."""
     features = features or detect()
-    limit = limit or os.environ.get(ENV_VAR) or PATHS[0]
+    limit = limit or _LIMIT.get() or os.environ.get(ENV_VAR) or PATHS[0]
     if limit not in PATHS:
         raise ValueError(f"unknown cpu path {limit!r}; known: {', '.join(PATHS)}")
     for path in PATHS[PATHS.index(limit):]:
         if features.supports(path):
             return path
     return "generic"
+
+
+@contextmanager
+def limited(path: str | None):
+    """Within this block, choose_path() picks nothing above `path` (None or "auto": no limit)."""
+    if path not in (None, "auto") and path not in PATHS:
+        raise ValueError(f"unknown cpu path {path!r}; known: auto, {', '.join(PATHS)}")
+    token = _LIMIT.set(None if path == "auto" else path)
+    try:
+        yield
+    finally:
+        _LIMIT.reset(token)
 
 
 def require(path: str, features: CpuFeatures | None = None) -> None:
@@ -112,3 +128,16 @@ def llvm_target(path: str):
     if mattr:
         config["mattr"] = list(mattr)
     return tvm.target.Target(config)
+
+
+def cpu_identity() -> str:
+    """CPU model, core count and ISA flags: what tuning measurements are valid for."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    paths = ",".join(detect().paths())
+    return f"{model} x{os.cpu_count()} [{paths}]"

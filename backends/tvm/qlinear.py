@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from . import cpu_features
+from . import cpu_features, tiles
 from .gemm_layout import (GemmSpec, f32_params, int8_offsets, int8_params, needs_wide,
                           pack_weight)
 
@@ -84,9 +84,9 @@ class GemmKernel:
 def _spec(w: torch.Tensor, path: str, mode: str, tile, has_bias=True, wide=False) -> GemmSpec:
     if w.dtype != torch.int8 or w.dim() != 2:
         raise ValueError(f"w must be int8 [N, K], got {w.dtype} {list(w.shape)}")
-    mr, nv = tile or (0, 0)
-    return GemmSpec(resolve_path(path), int(w.shape[0]), int(w.shape[1]), mode, has_bias, wide,
-                    mr, nv)
+    path, n, k = resolve_path(path), int(w.shape[0]), int(w.shape[1])
+    mr, nv = tile or tiles.chosen_tile(path, n, k, mode) or (0, 0)
+    return GemmSpec(path, n, k, mode, has_bias, wide, mr, nv)
 
 
 def build_qlinear(w: torch.Tensor, x_zp: int, bias: Optional[torch.Tensor],

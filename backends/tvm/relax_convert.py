@@ -44,6 +44,18 @@ def _export(gm: fx.GraphModule, example_inputs: tuple):
             return torch.export.export(gm, example_inputs, strict=False)
 
 
+def _keep_node_names(gm: fx.GraphModule, program) -> None:
+    """Give the exported integer ops the lowered graph's node names (export renames them after
+    their op), so kernels are named after the node they compute (`gemm_<node>`)."""
+    ours = [n for n in gm.graph.nodes if is_qcompile_op(n)]
+    theirs = [n for n in program.graph.nodes if is_qcompile_op(n)]
+    if [n.target for n in ours] != [n.target for n in theirs]:
+        return
+    for mine, exported in zip(ours, theirs):
+        if exported.name != mine.name:
+            exported._rename(mine.name)
+
+
 def _bound_values(program) -> dict:
     """Relax Var name -> torch tensor for the parameters, buffers and constants the importer
     binds after translation (the converters need them as values: packed GEMM weights)."""
@@ -61,11 +73,12 @@ def to_relax(gm: fx.GraphModule, example_inputs: tuple):
     """The Relax IRModule (function "main") computing the lowered graph."""
     from tvm.relax.frontend.torch import from_exported_program
     check_supported(gm)
-    program = _export(gm, example_inputs)
+    program = _export(gm, example_inputs).run_decompositions()
+    _keep_node_names(gm, program)
     try:
         with gemm_kernels.bound_constants(_bound_values(program)):
             return from_exported_program(program, custom_convert_map=CONVERTERS,
-                                         run_ep_decomposition=True)
+                                         run_ep_decomposition=False)
     except Exception as err:
         raise BackendError(f"TVM could not import the lowered graph: {type(err).__name__}: "
                            f"{str(err).splitlines()[0] if str(err) else ''}") from err

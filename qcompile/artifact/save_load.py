@@ -10,6 +10,7 @@ from torch.utils import _pytree as pytree
 from ..capture import InputSpec
 from ..errors import ArtifactError, QCompileWarning
 from ..graph_edit import constant_value
+from .backend_library import library_entry, runner_for
 from .container import read_container, write_container
 from .graph_codec import decode_graph, encode_graph
 
@@ -44,7 +45,8 @@ def save_compiled(cm, path: str) -> None:
                               for s in cm.input_specs],
               "graph": encode_graph(gm), "pytree": _specs(gm),
               "report": cm.report.to_dict(deterministic=True)}
-    write_container(path, header, tensors)
+    library_header, library_tensors = library_entry(cm._runner)
+    write_container(path, {**header, **library_header}, {**tensors, **library_tensors})
 
 
 def _attach(root: torch.nn.Module, dotted: str, value: torch.Tensor) -> None:
@@ -78,6 +80,7 @@ def load_compiled(path: str):
     from ..report import report_from_dict
     from ..targets import TARGETS
     header, tensors = read_container(path)
+    library = {k: tensors.pop(k) for k in list(tensors) if k.startswith("__backend__.")}
     target = TARGETS.get(header.get("target"))
     if target is None or not target.availability()[0]:
         reason = target.availability()[1] if target else "unknown target"
@@ -91,6 +94,6 @@ def load_compiled(path: str):
     specs = tuple(InputSpec(n, _DTYPE_NAMES[d], tuple(shape)) for n, d, shape in header["input_specs"])
     examples = tuple(torch.zeros([2 if d is None else d for d in s.shape], dtype=s.dtype)
                      for s in specs)
-    runner = target.backend().build(gm, None, examples)
+    runner = runner_for(target.backend(), gm, header, library, examples, path)
     return CompiledModel(gm, runner, report_from_dict(header["report"]), target.name,
                          resolve_recipe(header["recipe"]), specs)
