@@ -1,8 +1,9 @@
-"""The `qcompile` command line: compile, report, run, diff, targets, passes.
+"""The `qcompile` command line: compile, report, run, export-onnx, diff, targets, passes.
 
     qcompile compile model.py:build_model --example x.pt --calib calib.pt --out m.qcm
     qcompile report m.qcm [--json]
     qcompile run m.qcm --input x.pt [--out y.pt]
+    qcompile export-onnx m.qcm m.onnx
     qcompile diff dumps_a/ dumps_b/
     qcompile targets
     qcompile passes
@@ -98,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="X.pt",
                    help="inputs saved with torch.save: a tensor or a tuple/list of tensors")
     p.add_argument("--out", metavar="Y.pt", help="save the outputs with torch.save")
+    p = sub.add_parser("export-onnx", parents=[flags],
+                       help="write an artifact as an ONNX QDQ model",
+                       description="Load the artifact and write its lowered graph as an ONNX "
+                       "QDQ model (needs `pip install onnx`; see docs/onnx.md).")
+    p.add_argument("artifact", metavar="M.qcm")
+    p.add_argument("onnx", metavar="OUT.onnx")
     p = sub.add_parser("diff", parents=[flags], help="diff two dump directories, pass by pass",
                        epilog="exit code 0 when the dumps are identical, 1 when they differ")
     p.add_argument("dir_a", metavar="DUMPS_A")
@@ -126,7 +133,7 @@ def _silence_stdout() -> None:
 def _dispatch(args) -> int:
     from . import cli_commands, cli_debug
     module = cli_debug if args.command == "bisect" else cli_commands
-    return getattr(module, f"cmd_{args.command}")(args)
+    return getattr(module, f"cmd_{args.command.replace('-', '_')}")(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -266,6 +266,17 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_export_onnx(args) -> int:
+    import qcompile
+    check_out_dir(args.onnx, "the ONNX model")
+    cm = qcompile.load(args.artifact)
+    with _writing(args.onnx, "the ONNX model"):
+        cm.export_onnx(args.onnx)
+    if not args.quiet:
+        print(f"saved {args.onnx} ({os.path.getsize(args.onnx)} bytes)")
+    return 0
+
+
 def cmd_targets(args) -> int:
     import qcompile
     for info in qcompile.targets():

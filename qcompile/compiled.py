@@ -45,6 +45,20 @@ class CompiledModel:
         from .artifact import save_compiled
         save_compiled(self, path)
 
+    def export_onnx(self, path: str) -> None:
+        """Write the lowered graph to `path` as an ONNX QDQ model (opset 21, docs/onnx.md).
+
+        Integer ops with an int8 output become DequantizeLinear -> float op ->
+        QuantizeLinear with the graph's scales and zero points (int8 weights stay int8
+        initializers, per-channel scales via `axis`); their int8 values may differ from this
+        model's by one step where the integer requantize and ONNX's float rounding disagree.
+        Integer ops with a float32 output use MatMulInteger/ConvInteger and match exactly.
+        Float ops map to their ONNX ops. Needs `pip install onnx` (onnxruntime to run the
+        file); an op with no ONNX mapping raises BackendError naming the node.
+        """
+        from .onnx_export import export_onnx
+        export_onnx(self, path)
+
     def __repr__(self) -> str:
         return (f"CompiledModel(target={self.target!r}, recipe={self.recipe.name!r}, "
                 f"inputs=[{', '.join(s.describe() for s in self.input_specs)}])")

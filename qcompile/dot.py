@@ -6,8 +6,10 @@ import torch.fx as fx
 from .dump import op_name
 from .facts import facts_of
 
-DTYPE_COLOURS = {"i8": "#8fd19e", "u8": "#8fd19e", "i32": "#f6d55c", "i64": "#d9d9d9",
-                 "f32": "#9ecae1", "f16": "#c6dbef", "bf16": "#c6dbef", "bool": "#eeeeee"}
+DTYPE_COLOURS = {"i8": "#8fd19e", "u8": "#8fd19e", "i16": "#c7e9c0", "i32": "#f6d55c",
+                 "i64": "#d9d9d9", "f32": "#9ecae1", "f64": "#6baed6", "f16": "#c6dbef",
+                 "bf16": "#c6dbef", "bool": "#eeeeee"}
+FLOAT_ISLAND_COLOUR = "#fdae6b"
 
 
 def _label(node: fx.Node) -> str:
@@ -27,13 +29,13 @@ def graph_to_dot(gm: fx.GraphModule, title: str = "qcompile") -> str:
         dtype = facts.tensor.dtype if facts.tensor is not None else ""
         colour = DTYPE_COLOURS.get(dtype, "#ffffff")
         if facts.float_reason:
-            colour = "#fdae6b"
+            colour = FLOAT_ISLAND_COLOUR
         lines.append(f'  "{node.name}" [label="{_label(node)}", fillcolor="{colour}"];')
     for node in gm.graph.nodes:
         for user in node.users:
             lines.append(f'  "{node.name}" -> "{user.name}";')
     lines.append('  subgraph cluster_legend { label="dtype"; ' + " ".join(
         f'"legend_{k}" [label="{k}", fillcolor="{v}"];' for k, v in DTYPE_COLOURS.items())
-        + ' "legend_float_island" [label="float island", fillcolor="#fdae6b"]; }')
+        + f' "legend_float_island" [label="float island", fillcolor="{FLOAT_ISLAND_COLOUR}"]; }}')
     lines.append("}")
     return "\n".join(lines) + "\n"

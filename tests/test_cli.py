@@ -260,3 +260,18 @@ def test_bisect_names_the_quantizing_pass(ws, capsys):
     out = capsys.readouterr().out
     assert "first pass whose output error jumps: insert-qdq" in out
     assert "layers ranked by output SQNR" in out
+
+
+def test_export_onnx_writes_a_runnable_model(ws, capsys, tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    out = str(tmp_path / "m.onnx")
+    assert main(["export-onnx", ws.m, out]) == 0
+    assert capsys.readouterr().out.startswith(f"saved {out} (")
+    x = torch.load(ws.x, weights_only=True)
+    session = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert y.shape == (4, 8)
+    assert torch.allclose(torch.from_numpy(y), qcompile.load(ws.m)(x), atol=1e-2)
+    code, err = _error(["export-onnx", ws.m, str(tmp_path / "no" / "m.onnx")], capsys)
+    assert code == 3 and "does not exist" in err

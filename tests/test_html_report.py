@@ -1,5 +1,7 @@
 """dump_dir/index.html: layer table, float islands, graph picture, per-pass diffs."""
+import re
 import shutil
+import subprocess
 import warnings
 from html.parser import HTMLParser
 
@@ -48,12 +50,35 @@ def test_index_has_every_section(compiled):
     assert parser.rows == len(cm.report.nodes) + 1          # header row + one per node
     assert "sortTable('layers'" in text
     assert "no integer kernel for aten.layer_norm" in text
-    assert text.count("<details>") >= 3                      # passes that changed the graph
-    assert "<svg" in text or "Graphviz <code>dot</code> is not installed" in text
+    assert text.count("<details class='pass'>") >= 3         # passes that changed the graph
+    assert "<svg" in text or "Graphviz <code>dot</code> was not found" in text
+    for section in ("layer-error", "float-islands", "final-graph", "pass-diffs"):
+        assert f"<section id='{section}'>" in text
 
 
 def test_graph_falls_back_to_dot_text_without_graphviz(compiled, monkeypatch):
     _, path = compiled
     monkeypatch.setattr(shutil, "which", lambda name: None)
     picture = html_report.graph_picture(str(path / "final.dot"))
-    assert "not installed" in picture and "digraph" in picture
+    assert "was not found" in picture and "digraph" in picture and "<svg" not in picture
+
+
+def test_graph_falls_back_to_dot_text_when_graphviz_fails(compiled, monkeypatch):
+    _, path = compiled
+    failed = subprocess.CompletedProcess([], 1, stdout=b"", stderr=b"Error: syntax error")
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/dot")
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: failed)
+    picture = html_report.graph_picture(str(path / "final.dot"))
+    assert "failed (Error: syntax error)" in picture and "digraph" in picture
+
+
+@pytest.mark.skipif(shutil.which("dot") is None,
+                    reason="Graphviz `dot` not installed (scripts/system-deps.sh installs it)")
+def test_graph_is_inline_svg_with_graphviz(compiled):
+    _, path = compiled
+    picture = html_report.graph_picture(str(path / "final.dot"))
+    assert picture.startswith("<div id='graph'><svg") and "<?xml" not in picture
+    names = re.findall(r'^  "(\w+)" \[label=', (path / "final.dot").read_text(), re.M)
+    assert len(names) > 3
+    for name in names:                                   # one SVG node per graph node
+        assert f"<title>{name}</title>" in picture, name
