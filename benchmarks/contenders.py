@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from benchmarks.baselines import ONNX_OPSET
+from benchmarks.tvm_fp32 import tvm_fp32
 
 
 @dataclass
@@ -317,6 +318,7 @@ CONTENDERS: dict[str, Callable] = {
     "onnxruntime fp32": ort_fp32,
     "onnxruntime dynamic int8": ort_dynamic_int8,
     "onnxruntime static QDQ int8": ort_static_qdq_int8,
+    "TVM fp32": tvm_fp32,
     "qcompile reference": qcompile_target("reference"),
     "qcompile cpu-int8": qcompile_target("cpu-int8"),
     "qcompile cpu-int8 tuned": qcompile_target("cpu-int8", tune_trials=TUNE_TRIALS),

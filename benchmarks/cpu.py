@@ -252,6 +252,9 @@ def parse(argv):
                         help="before each timing, wait up to this many seconds for other "
                         "processes to use < 0.25 cores (default 30; quick 0)")
     parser.add_argument("--only", choices=("minilm", "resnet", "mobilenet"), default=None)
+    parser.add_argument("--contenders", default=None,
+                        help="comma-separated contender names (default: all)")
+    parser.add_argument("--results", default=RESULTS, help="directory for cpu.md / cpu.json")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.budget = args.budget if args.budget is not None else (0.5 if args.quick else 2.0)
@@ -267,6 +270,12 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     names = [n for n in CONTENDERS if args.include_reference or n != "qcompile reference"]
+    if args.contenders:
+        wanted = [n.strip() for n in args.contenders.split(",")]
+        unknown = sorted(set(wanted) - set(CONTENDERS))
+        if unknown:
+            raise SystemExit(f"unknown contender(s) {unknown}; known: {list(CONTENDERS)}")
+        names = ["torch fp32 eager"] + [n for n in wanted if n != "torch fp32 eager"]
     models = [run_workload(w, names, args) for w in workloads(args.quick, args.only)]
     machine = machine_info(["python", "benchmarks/cpu.py"] + argv)
     machine["versions"].update(versions())
@@ -275,10 +284,10 @@ def main(argv=None) -> dict:
     report = {"machine": machine, "threads": args.threads, "rounds": args.rounds,
               "quick": args.quick, "budget_s": args.budget, "wait_quiet_s": args.wait_quiet,
               "total_s": time.perf_counter() - start, "contention_note": note, "models": models}
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "cpu.json"), "w", encoding="utf-8") as f:
+    os.makedirs(args.results, exist_ok=True)
+    with open(os.path.join(args.results, "cpu.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
-    with open(os.path.join(RESULTS, "cpu.md"), "w", encoding="utf-8") as f:
+    with open(os.path.join(args.results, "cpu.md"), "w", encoding="utf-8") as f:
         f.write(markdown(report))
     print(markdown(report))
     return report

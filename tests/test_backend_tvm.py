@@ -166,3 +166,37 @@ def test_float_output_convs_bit_exact(scale):
     x = torch.randn(3, 3, 12, 12) * scale * 50                    # clamps at both ends
     for got, want in zip(cpu(x), ref(x)):
         assert torch.equal(got, want)
+
+
+class AddNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = (torch.nn.Linear(8, 8) for _ in range(3))
+
+    def forward(self, x):
+        return self.c(self.a(x) + self.b(x))
+
+
+def test_tvm_failure_inside_an_op_names_the_node_and_source_line(monkeypatch, tmp_path):
+    from qcompile.backends.tvm import relax_convert
+
+    def broken(node, importer):
+        raise RuntimeError("simulated TVM failure")
+    monkeypatch.setitem(relax_convert.CONVERTERS, "qadd.default",
+                        relax_convert._naming_failures("qadd.default", broken))
+    x = torch.randn(4, 8)
+    with pytest.raises(qcompile.BackendError) as info:
+        qcompile.compile(AddNet().eval(), target="cpu-int8", example_inputs=(x,),
+                         calibration_data=[x], options={"cache_dir": str(tmp_path)})
+    text = str(info.value)
+    assert "TVM failed to build qadd" in text and "simulated TVM failure" in text
+    assert "test_backend_tvm.py" in text and "self.c(self.a(x) + self.b(x))" in text
+
+
+def test_op_without_tvm_lowering_is_named(monkeypatch):
+    from qcompile.backends.tvm import relax_convert
+    monkeypatch.delitem(relax_convert.CONVERTERS, "qadd.default")
+    x = torch.randn(4, 8)
+    with pytest.raises(qcompile.BackendError, match="no TVM lowering for qcompile.qadd"):
+        qcompile.compile(AddNet().eval(), target="cpu-int8", example_inputs=(x,),
+                         calibration_data=[x])

@@ -121,3 +121,20 @@ def test_tuning_through_an_rpc_tracker(tmp_path):
         tracker.terminate()
     assert set(times) == {(4, 2), (2, 2)} and all(t > 0 for t in times.values())
     assert detect().supports(workload.path)
+
+
+def test_failed_candidates_are_recorded_and_skipped(tmp_path):
+    db = TuningDatabase(tmp_path, "cpu", {})
+    db.add("k", 8, (6, 4), None)
+    assert db.best("k") is None and db.table() == {} and "6x4" in db.measured("k")
+    db.add("k", 8, (8, 3), 20.0)
+    assert db.best("k") == (8, 3)
+
+
+def test_spent_budget_is_remembered_per_graph(tmp_path):
+    db = TuningDatabase(tmp_path, "cpu", {})
+    db.add_spent("g", 5, 1.5)
+    db.add_spent("g", 3, 0.5)
+    db.save()
+    assert TuningDatabase(tmp_path, "cpu", {}).spent("g") == {"trials": 8, "seconds": 2.0}
+    assert TuningDatabase(tmp_path, "cpu", {}).spent("other") == {"trials": 0, "seconds": 0.0}

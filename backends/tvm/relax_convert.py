@@ -2,6 +2,7 @@
 converters of relax_ops*.py for the qcompile integer ops."""
 from __future__ import annotations
 
+import contextvars
 import warnings
 
 import torch
@@ -14,7 +15,7 @@ from . import gemm_kernels
 from . import relax_ops as ops
 from . import relax_ops_pool as pool
 
-CONVERTERS = {
+_CONVERTERS = {
     "quantize.default": ops._quantize, "dequantize.default": ops._dequantize,
     "requantize.default": ops._requantize, "qlinear.default": ops._qlinear,
     "qlinear_f32.default": ops._qlinear_f32, "qconv2d.default": ops._qconv2d,
@@ -24,6 +25,28 @@ CONVERTERS = {
     "qmean.default": pool._qmean, "qcat.default": pool._qcat, "qclamp.default": pool._qclamp,
     "qlinear_dynamic.default": pool._qlinear_dynamic,
 }
+
+
+_LOWERED: contextvars.ContextVar = contextvars.ContextVar("qcompile_tvm_lowered", default={})
+
+
+def _naming_failures(name: str, converter):
+    """The converter, with any failure inside TVM raised as BackendError naming the node of
+    the lowered graph (and so the user's source line) whose op was being built."""
+    def convert(node, importer):
+        try:
+            return converter(node, importer)
+        except BackendError:
+            raise
+        except Exception as err:  # noqa: BLE001 - TVM's errors, made typed and located
+            first = str(err).splitlines()[0] if str(err) else ""
+            raise BackendError(f"TVM failed to build {name.split('.')[0]}: "
+                               f"{type(err).__name__}: {first}",
+                               node=_LOWERED.get().get(node.name, node)) from err
+    return convert
+
+
+CONVERTERS = {name: _naming_failures(name, fn) for name, fn in _CONVERTERS.items()}
 
 
 def check_supported(gm: fx.GraphModule) -> None:
@@ -75,10 +98,15 @@ def to_relax(gm: fx.GraphModule, example_inputs: tuple):
     check_supported(gm)
     program = _export(gm, example_inputs).run_decompositions()
     _keep_node_names(gm, program)
+    token = _LOWERED.set({n.name: n for n in gm.graph.nodes})
     try:
         with gemm_kernels.bound_constants(_bound_values(program)):
             return from_exported_program(program, custom_convert_map=CONVERTERS,
                                          run_ep_decomposition=False)
+    except BackendError:
+        raise
     except Exception as err:
         raise BackendError(f"TVM could not import the lowered graph: {type(err).__name__}: "
                            f"{str(err).splitlines()[0] if str(err) else ''}") from err
+    finally:
+        _LOWERED.reset(token)

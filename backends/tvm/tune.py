@@ -11,6 +11,7 @@ Tiles never change results: every candidate is the same exact kernel template.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import tempfile
 import time
@@ -70,29 +71,46 @@ def _candidates(path: str) -> list:
 
 
 class _Budget:
-    def __init__(self, trials: int, seconds: float):
-        self.trials, self.seconds, self.start = trials, seconds, time.perf_counter()
+    """What is left of the user's budget after what earlier compiles spent on this graph."""
+
+    def __init__(self, trials: int, seconds: float, spent: dict):
+        self.trials = max(trials - spent["trials"], 0) if trials else 0
+        self.seconds = max(seconds - spent["seconds"], 0.0) if seconds else 0.0
+        self.unlimited_trials = not trials and self.seconds > 0
+        self.start, self.used = time.perf_counter(), 0
 
     def left(self) -> int:
-        if self.seconds and time.perf_counter() - self.start >= self.seconds:
+        if self.seconds and self.elapsed() >= self.seconds:
             return 0
-        return self.trials if self.trials else (1 << 30 if self.seconds else 0)
+        return (1 << 30) if self.unlimited_trials else self.trials
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
 
     def spend(self, n: int) -> None:
+        self.used += n
         if self.trials:
             self.trials = max(self.trials - n, 0)
+
+
+def graph_key(workloads: list[Workload]) -> str:
+    keys = sorted(f"{tile_key(w.path, w.n, w.k, w.mode)}/m{w.m}" for w in workloads)
+    return hashlib.sha256("|".join(keys).encode()).hexdigest()[:24]
 
 
 def tune_graph(gm: fx.GraphModule, path: str, db: TuningDatabase, trials: int = 0,
                seconds: float = 0.0, rpc: str | None = None, progress: bool | None = None) -> dict:
     """Measure missing tile candidates within the budget; returns the key -> tile table."""
-    budget = _Budget(trials, seconds)
     workloads = gemm_workloads(gm, path)
+    graph = graph_key(workloads)
+    budget = _Budget(trials, seconds, db.spent(graph))
     todo = [(w, [t for t in _candidates(path) if f"{t[0]}x{t[1]}" not in
                  db.measured(tile_key(w.path, w.n, w.k, w.mode))]) for w in workloads]
     todo = [(w, tiles) for w, tiles in todo if tiles]
     if todo and budget.left():
         _measure_all(todo, db, budget, rpc, progress)
+        db.add_spent(graph, budget.used, budget.elapsed())
+        db.save()
     keys = {tile_key(w.path, w.n, w.k, w.mode) for w in workloads}
     return {key: tile for key, tile in db.table().items() if key in keys}
 
@@ -108,8 +126,8 @@ def _measure_all(todo, db, budget, rpc, progress) -> None:
                 break
             times = measure(runner, workload, tiles, directory)
             key = tile_key(workload.path, workload.n, workload.k, workload.mode)
-            for tile, secs in times.items():
-                db.add(key, workload.m, tile, secs * 1e6)
+            for tile in tiles:
+                db.add(key, workload.m, tile, times[tile] * 1e6 if tile in times else None)
             budget.spend(len(tiles))
             bar.update(len(tiles))
             db.save()
