@@ -26,7 +26,7 @@ from qcompile.zoo import digits, mobilenet_v2, resnet18, small_vit  # noqa: E402
 QCOMPILE_RECIPES = (("w8a8", None), ("w8a8-smoothquant", None),
                     ("w8a8-smoothquant", {"alpha": 0.75}), ("w8a8-dynamic", None),
                     ("w4a16-rtn", None), ("w4a16-gptq", None), ("w4a16-awq", None),
-                    ("fp16", None))
+                    ("fp16", None), ("fp8", None), ("fp8", {"fp8_format": "e5m2"}))
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 

@@ -22,6 +22,7 @@ from .errors import (ArtifactError, BackendError, CalibrationError, CaptureError
 from .facts import NodeFacts, QParams, facts_of, update_facts
 from .pipeline import Pipeline
 from .pipelines import default_pipeline
+from .qat import QATModel, prepare_qat
 from .recipes import RECIPES, QuantOptions, Recipe
 from .registry import PassResult, list_passes, register_pass
 from .targets import targets
@@ -29,7 +30,7 @@ from .targets import targets
 __version__ = "0.1.0"
 
 __all__ = [
-    "compile", "load", "targets", "register_pass", "PassResult", "PassContext", "Pipeline",
+    "compile", "load", "targets", "prepare_qat", "QATModel", "register_pass", "PassResult", "PassContext", "Pipeline",
     "default_pipeline", "list_passes", "CompiledModel", "QuantOptions", "Recipe", "RECIPES",
     "NodeFacts", "QParams", "facts_of", "update_facts", "QCompileError", "CaptureError",
     "PipelineError", "TargetError", "RecipeError", "CalibrationError", "VerificationError",

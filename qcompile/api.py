@@ -30,6 +30,28 @@ def _calibration(calibration_data, example_inputs, ctx_warn):
     return ReplayableBatches(calibration_data)
 
 
+def _compile_with_accuracy_search(model, args, calibration_data, resolved, kwargs):
+    """budget= and sensitivity=: several compiles on replayable calibration data."""
+    from dataclasses import fields
+
+    from .mixed_precision import compile_within_budget, ranked_layers
+    from .recipes import QuantOptions
+    options = {f.name: getattr(resolved.options, f.name) for f in fields(QuantOptions)}
+    plain = {**options, "budget": None, "sensitivity": False}
+    calibration = list(calibration_data) if calibration_data is not None else None
+    if options["budget"] is not None:
+        compiled = compile_within_budget(model, args, calibration, compile,
+                                         {**kwargs, "options": {**plain, "budget": options["budget"]}})
+    else:
+        compiled = compile(model, example_inputs=args, calibration_data=calibration,
+                           **{**kwargs, "options": plain})
+    if options["sensitivity"] and not compiled.report.sensitivity:
+        search = {**kwargs, "target": "reference", "dump_dir": None,
+                  "example_inputs": args, "calibration_data": calibration}
+        compiled.report.sensitivity = ranked_layers(model, args, calibration, compile, search, plain)
+    return compiled
+
+
 def compile(model, target: str = "reference", example_inputs=None, calibration_data=None,
             recipe="w8a8", pipeline=None, dump_dir: str | None = None, partial: bool = False,
             options=None) -> CompiledModel:
@@ -38,6 +60,13 @@ def compile(model, target: str = "reference", example_inputs=None, calibration_d
     tgt = get_target(target)
     resolved = resolve_recipe(recipe, options)
     args = normalize_inputs(example_inputs)
+    from .qat import QATModel, compile_qat
+    if isinstance(model, QATModel):
+        return compile_qat(model, tgt, args, calibration_data, dump_dir, options)
+    if resolved.options.budget is not None or resolved.options.sensitivity:
+        return _compile_with_accuracy_search(model, args, calibration_data, resolved, {
+            "target": target, "recipe": recipe, "pipeline": pipeline, "dump_dir": dump_dir,
+            "partial": partial})
     try:
         captured = capture(model, args)
     except CaptureError as err:
@@ -46,6 +75,13 @@ def compile(model, target: str = "reference", example_inputs=None, calibration_d
         from .partial_compile import compile_partial
         return compile_partial(model, args, calibration_data, err, compile, dump_dir=dump_dir,
                                target=target, recipe=recipe, pipeline=pipeline, options=options)
+    return compile_captured(captured, tgt, resolved, args, calibration_data,
+                            tgt.pipeline if pipeline is None else pipeline, dump_dir)
+
+
+def compile_captured(captured, tgt, resolved, args, calibration_data, pipeline: str,
+                     dump_dir: str | None) -> CompiledModel:
+    """Run `pipeline` on a captured graph, build it for `tgt`, and report."""
     ctx = PassContext(target=tgt.name, recipe=resolved, example_inputs=args,
                       input_specs=captured.input_specs)
     ctx.calibration_data = _calibration(calibration_data, args, ctx.warn)
@@ -57,9 +93,7 @@ def compile(model, target: str = "reference", example_inputs=None, calibration_d
               if dump_dir is not None else None)
     if dumper is not None:
         instruments.append(dumper)
-    manager = PassManager(Pipeline.parse(tgt.pipeline if pipeline is None else pipeline,
-                                         default=tgt.pipeline),
-                          instruments)
+    manager = PassManager(Pipeline.parse(pipeline, default=tgt.pipeline), instruments)
     graph = manager(captured.graph_module, ctx).graph_module
     runner = tgt.backend().build(graph, resolved.options, args)
     if dumper is not None:

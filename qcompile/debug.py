@@ -9,10 +9,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import torch
-
-from .instruments import outputs_sqnr
-from .graph_run import flatten_outputs
 from .op_kinds import is_qcompile_op
 
 
@@ -70,51 +66,37 @@ class SensitivityReport:
 
 
 def quantized_layers(compiled) -> list[str]:
-    """Float node names (origins) of the int8 compute ops in a compiled model."""
+    """The int8 compute layers of a compiled model, as keep_float accepts them: the module
+    path of the op (e.g. "encoder.layer.0.attention.self.query"), else its float node name."""
     from .facts import facts_of
+    from .op_kinds import module_path
     names = []
     for node in compiled.graph.graph.nodes:
-        origin = facts_of(node).origin
-        if is_qcompile_op(node) and origin and "quantize" not in str(node.target):
-            names.append(origin)
+        if is_qcompile_op(node) and "quantize" not in str(node.target):
+            name = module_path(node) or facts_of(node).origin
+            if name:
+                names.append(name)
     return list(dict.fromkeys(names))
-
-
-def _output_sqnr(model, compiled, example_inputs) -> float:
-    with torch.no_grad():
-        want = flatten_outputs(model(*example_inputs))
-        got = flatten_outputs(compiled(*example_inputs))
-    value = outputs_sqnr(want, got)
-    return math.inf if value is None else value
 
 
 def sensitivity(model, example_inputs, calibration_data=None, **kwargs) -> SensitivityReport:
     """For each quantized layer, the model-output SQNR when only that layer is quantized."""
+    from .api import compile as qcompile_compile
+    from .mixed_precision import ranked_layers
     calibration = list(calibration_data) if calibration_data is not None else None
-    layers = quantized_layers(_compile(model, example_inputs, calibration, **kwargs))
-    results = []
-    for layer in layers:
-        others = [name for name in layers if name != layer]
-        options = {**(kwargs.get("options") or {}), "keep_float": others}
-        compiled = _compile(model, example_inputs, calibration,
-                            **{**kwargs, "options": options})
-        results.append(LayerSensitivity(layer, _output_sqnr(model, compiled, example_inputs)))
-    return SensitivityReport(sorted(results, key=lambda s: s.sqnr_db))
+    options = dict(kwargs.pop("options", None) or {})
+    search = {**kwargs, "example_inputs": example_inputs, "calibration_data": calibration}
+    rows = ranked_layers(model, example_inputs, calibration, qcompile_compile, search, options)
+    return SensitivityReport([LayerSensitivity(r["layer"], r["sqnr_db"]) for r in rows])
 
 
 def keep_float_for(model, example_inputs, calibration_data=None, min_sqnr_db: float = 30.0,
                    **kwargs) -> tuple[list[str], float]:
     """The fewest layers to keep float (most sensitive first) so that the model-output SQNR
-    reaches `min_sqnr_db`. Returns (layers, achieved SQNR)."""
-    calibration = list(calibration_data) if calibration_data is not None else None
-    ranking = sensitivity(model, example_inputs, calibration, **kwargs).layers
-    kept: list[str] = []
-    for candidate in [None] + [s.layer for s in ranking]:
-        if candidate is not None:
-            kept.append(candidate)
-        options = {**(kwargs.get("options") or {}), "keep_float": list(kept)}
-        compiled = _compile(model, example_inputs, calibration, **{**kwargs, "options": options})
-        achieved = _output_sqnr(model, compiled, example_inputs)
-        if achieved >= min_sqnr_db:
-            return kept, achieved
-    return kept, achieved
+    reaches `min_sqnr_db` (the `budget` option). Returns (layers, achieved SQNR)."""
+    from .api import compile as qcompile_compile
+    options = {**(kwargs.pop("options", None) or {}),
+               "budget": {"metric": "sqnr", "min": min_sqnr_db}}
+    compiled = qcompile_compile(model, example_inputs=example_inputs,
+                                calibration_data=calibration_data, options=options, **kwargs)
+    return compiled.report.budget["kept_float"], compiled.report.budget["score"]

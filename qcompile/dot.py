@@ -8,7 +8,7 @@ from .facts import facts_of
 
 DTYPE_COLOURS = {"i8": "#8fd19e", "u8": "#8fd19e", "i16": "#c7e9c0", "i32": "#f6d55c",
                  "i64": "#d9d9d9", "f32": "#9ecae1", "f64": "#6baed6", "f16": "#c6dbef",
-                 "bf16": "#c6dbef", "bool": "#eeeeee"}
+                 "bf16": "#c6dbef", "f8e4m3": "#bcbddc", "f8e5m2": "#bcbddc", "bool": "#eeeeee"}
 FLOAT_ISLAND_COLOUR = "#fdae6b"
 
 

@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import RecipeError
+from .mixed_precision import check_budget
 
 CALIBRATION_METHODS = ("minmax", "moving-average", "percentile", "mse", "entropy")
+FP8_FORMATS = ("e4m3", "e5m2")
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class QuantOptions:
     alpha: SmoothQuant migration strength (recipe w8a8-smoothquant), 0..1
     group_size: weights per group for int4 recipes (32, 64, 128)
     weight_symmetric: int4 weights symmetric (zero code 8) or asymmetric
+    fp8_format: float8 format of the fp8 recipe, "e4m3" (max 448) or "e5m2" (max 57344)
     numerics: compare each pass's output with the float model (report and bisect)
     progress: show progress bars (None: only on a terminal)
     dump_only_changed: with dump_dir, write a pass's dump only when it changed the graph
@@ -38,11 +41,17 @@ class QuantOptions:
     cache: reuse (and fill) the on-disk tuning database and compiled-library cache
     cache_dir: where those live (default $QCOMPILE_CACHE_DIR, else ~/.cache/qcompile)
     profile: after the build, time every kernel on the example inputs (report.kernel_times)
+
+    Accuracy options (see qcompile/mixed_precision.py):
+    budget: {"metric": "sqnr" | "cosine" | fn, "min": threshold, "data": batches}: keep the
+        fewest layers float (most sensitive first) so the output score reaches min
+    sensitivity: rank the quantized layers by output SQNR when quantized alone (report)
     """
     calibration: str = "mse"
     alpha: float = 0.5
     group_size: int = 128
     weight_symmetric: bool = True
+    fp8_format: str = "e4m3"
     weight_calibration: str = "mse"
     calibration_options: tuple[tuple[str, Any], ...] = ()
     symmetric_activations: bool = False
@@ -58,6 +67,8 @@ class QuantOptions:
     cache: bool = True
     cache_dir: str | None = None
     profile: bool = False
+    budget: Any = None
+    sensitivity: bool = False
 
     def calibration_knobs(self) -> dict[str, Any]:
         return dict(self.calibration_options)
@@ -105,6 +116,11 @@ RECIPES: dict[str, Recipe] = {
         "int8 is compared against")),
     "bf16": Recipe("bf16", "lowp", weights="bf16", description=(
         "linear, conv2d and matmul on bf16 operands with float32 accumulation")),
+    "fp8": Recipe("fp8", "lowp", weights="fp8", options=QuantOptions(calibration="minmax"),
+                  description=(
+        "linear, conv2d and matmul on float8 operands (option fp8_format: e4m3 or e5m2) with "
+        "per-tensor scales: weights amax / max, activations calibrated amax (minmax unless "
+        "option calibration says otherwise); exact accumulation, float32 outputs")),
     "w8a8-dynamic": Recipe("w8a8-dynamic", "dynamic", description=(
         "int8 weights per output channel; linear-layer activations quantized per token "
         "at run time (asymmetric int8)")),
@@ -139,10 +155,11 @@ def _as_options(options: Any, base: QuantOptions | None = None) -> QuantOptions:
 
 _OPTION_TYPES = (("calibration", str), ("symmetric_activations", bool), ("numerics", bool),
                  ("dump_only_changed", bool), ("alpha", (int, float)), ("group_size", int),
-                 ("weight_symmetric", bool),
+                 ("weight_symmetric", bool), ("fp8_format", str),
                  ("progress", (bool, type(None))), ("cpu_path", str), ("tune_trials", int),
                  ("tune_seconds", (int, float)), ("tune_rpc", (str, type(None))),
-                 ("cache", bool), ("cache_dir", (str, type(None))), ("profile", bool))
+                 ("cache", bool), ("cache_dir", (str, type(None))), ("profile", bool),
+                 ("sensitivity", bool))
 
 
 def _kind_names(kinds) -> str:
@@ -172,6 +189,10 @@ def _check(options: QuantOptions) -> None:
     if options.weight_calibration not in ("minmax", "mse"):
         raise RecipeError(f"unknown weight_calibration '{options.weight_calibration}'; "
                           "valid: minmax, mse")
+    check_budget(options.budget)
+    if options.fp8_format not in FP8_FORMATS:
+        raise RecipeError(f"unknown fp8_format {options.fp8_format!r}; "
+                          f"valid: {', '.join(FP8_FORMATS)}")
     if options.cpu_path not in CPU_PATHS:
         raise RecipeError(f"unknown cpu_path {options.cpu_path!r}; valid: {', '.join(CPU_PATHS)}")
     if options.tune_trials < 0 or options.tune_seconds < 0:

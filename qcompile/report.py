@@ -46,6 +46,8 @@ class Report:
     output_sqnr_db: float | None = None
     kernel_times: list[dict] = field(default_factory=list)  # kernel_profile.kernel_rows
     build: dict = field(default_factory=dict)  # the backend's build facts (path, cache, tuning)
+    sensitivity: list[dict] = field(default_factory=list)  # {layer, sqnr_db}, worst first
+    budget: dict = field(default_factory=dict)  # mixed_precision's decision
 
     @property
     def float_islands(self) -> list[NodeRow]:
@@ -135,4 +137,5 @@ def report_from_dict(data: dict) -> Report:
     diagnostics = [tuple(d) for d in data["diagnostics"]]
     return Report(data["target"], data["recipe"], nodes, passes, data["totals"],
                   data["calibration"], diagnostics, _number(data["output_sqnr_db"]),
-                  data.get("kernel_times", []), data.get("build", {}))
+                  data.get("kernel_times", []), data.get("build", {}),
+                  data.get("sensitivity", []), data.get("budget", {}))

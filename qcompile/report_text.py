@@ -39,6 +39,25 @@ def _kernel_lines(rows: list[dict], top: int = 20) -> list[str]:
     return out
 
 
+def _sensitivity_lines(rows: list[dict], top: int = 15) -> list[str]:
+    if not rows:
+        return []
+    shown = [[str(i + 1), r["layer"], _db(r["sqnr_db"])] for i, r in enumerate(rows[:top])]
+    out = ["", "layer sensitivity: model-output SQNR with only that layer quantized (worst first)"]
+    return out + _table(["rank", "layer", "SQNR dB"], shown)
+
+
+def _budget_lines(budget: dict) -> list[str]:
+    if not budget:
+        return []
+    verdict = "met" if budget["met"] else "NOT met (best effort: most layers float tried)"
+    kept = ", ".join(budget["kept_float"]) or "none"
+    tried = "; ".join(f"{t['kept_float']} float: {t['score']:.4g}" for t in budget["tried"])
+    return ["", f"accuracy budget {budget['metric']} >= {budget['min']}: {verdict}, score "
+                f"{budget['score']:.4g}", f"  kept float (most sensitive first): {kept}",
+            f"  tried: {tried}"]
+
+
 def render(report) -> str:
     t = report.totals
     lines = [f"qcompile report: target={report.target} recipe={report.recipe}",
@@ -58,6 +77,7 @@ def render(report) -> str:
              _db(p.sqnr_db)] for p in report.passes]
     lines += _table(["#", "pass", "changed", "ms", "output SQNR dB"], prow)
     lines += _build_lines(report.build) + _kernel_lines(report.kernel_times)
+    lines += _sensitivity_lines(report.sensitivity) + _budget_lines(report.budget)
     for level, pass_name, text in report.diagnostics:
         lines.append(f"{level}: [{pass_name or 'compile'}] {text}")
     return "\n".join(lines) + "\n"

@@ -114,3 +114,14 @@ def test_target_this_machine_cannot_run(saved, tmp_path, monkeypatch):
     with pytest.raises(qcompile.ArtifactError, match="cuda-int8"):
         qcompile.load(path)
     assert os.path.getsize(path) > 0
+
+
+def test_fp8_model_round_trips(tmp_path):
+    torch.manual_seed(7)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    x = torch.randn(4, 8)
+    cm = qcompile.compile(model.eval(), example_inputs=(x,), calibration_data=[x], recipe="fp8")
+    assert any("f8e4m3" in (r.output or "") for r in cm.report.nodes)
+    cm.save(str(tmp_path / "fp8.qcm"))
+    loaded = qcompile.load(str(tmp_path / "fp8.qcm"))
+    assert torch.equal(loaded(x), cm(x))

@@ -200,3 +200,12 @@ def test_op_without_tvm_lowering_is_named(monkeypatch):
     with pytest.raises(qcompile.BackendError, match="no TVM lowering for qcompile.qadd"):
         qcompile.compile(AddNet().eval(), target="cpu-int8", example_inputs=(x,),
                          calibration_data=[x])
+
+
+def test_fp8_on_cpu_int8_is_a_typed_error_naming_layer_and_target():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 4))
+    x = torch.randn(4, 8)
+    with pytest.raises(qcompile.BackendError, match="on target cpu-int8") as info:
+        qcompile.compile(model.eval(), target="cpu-int8", example_inputs=(x,),
+                         calibration_data=[x], recipe="fp8")
+    assert "fp8" in str(info.value)

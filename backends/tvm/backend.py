@@ -20,7 +20,7 @@ from .build_cache import (LibraryCache, cache_root, export_bytes, library_key,
                           toolchain_versions)
 from .cpu_features import PATHS, choose_path, cpu_identity, detect, limited, llvm_target
 from .kernel_names import mark_kernels
-from .relax_convert import to_relax
+from .relax_convert import check_supported, to_relax
 from .runner import TvmRunner, runner_from_library
 from .schedule import relax_pipeline
 from .tune import tune_graph
@@ -69,6 +69,7 @@ def build(gm: fx.GraphModule, options=None, example_inputs: tuple | None = None)
 
 
 def _build(gm: fx.GraphModule, options: QuantOptions, example_inputs: tuple) -> TvmRunner:
+    check_supported(gm)
     path = choose_path()
     target = llvm_target(path)
     table = _tile_table(gm, path, options)

@@ -53,9 +53,7 @@ def _hash_constants(digest, gm: fx.GraphModule) -> None:
         if isinstance(value, torch.Tensor):
             value = value.detach().contiguous().cpu()
             digest.update(f"{value.dtype}{list(value.shape)}".encode())
-            if value.dtype is torch.bfloat16:
-                value = value.view(torch.int16)
-            digest.update(value.reshape(-1).numpy().tobytes())
+            digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def library_key(gm: fx.GraphModule, example_inputs: tuple, path: str, target, tiles: dict) -> str:

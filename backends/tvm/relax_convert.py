@@ -52,7 +52,9 @@ CONVERTERS = {name: _naming_failures(name, fn) for name, fn in _CONVERTERS.items
 def check_supported(gm: fx.GraphModule) -> None:
     for node in gm.graph.nodes:
         if is_qcompile_op(node) and f"{node.target._opname}.default" not in CONVERTERS:
-            raise BackendError(f"no TVM lowering for {node.target}", node=node)
+            raise BackendError(f"no TVM lowering for {node.target} on target cpu-int8 (it runs on "
+                               "target 'reference'; keep the layer float with keep_float)",
+                               node=node)
 
 
 def _export(gm: fx.GraphModule, example_inputs: tuple):

@@ -1,6 +1,7 @@
 """Quantize: observe, calibrate, insert quantize/dequantize from the recipe."""
-from . import awq, calibrate, cast_lowp, gptq, insert_qdq, observe, smooth_quant  # noqa: F401
+from . import (awq, calibrate, cast_fp8, cast_lowp, fake_quant, gptq, insert_qdq,  # noqa: F401
+               observe, smooth_quant)
 
 from qcompile.registry import register_group  # noqa: E402
 
-register_group("methods", ("cast-lowp", "smooth-quant", "awq", "gptq"))
+register_group("methods", ("cast-lowp", "cast-fp8", "smooth-quant", "awq", "gptq"))

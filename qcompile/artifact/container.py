@@ -20,14 +20,18 @@ MAGIC = b"QCMPART"
 FORMAT_VERSION = 1
 _DTYPES = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.int8: "i8",
            torch.uint8: "u8", torch.int16: "i16", torch.int32: "i32", torch.int64: "i64",
-           torch.bool: "bool", torch.bfloat16: "bf16"}
+           torch.bool: "bool", torch.bfloat16: "bf16", torch.float8_e4m3fn: "f8e4m3",
+           torch.float8_e5m2: "f8e5m2"}
+# dtypes numpy lacks travel as raw bytes of a same-width integer view
+_VIEW_AS = {torch.bfloat16: torch.int16, torch.float8_e4m3fn: torch.uint8,
+            torch.float8_e5m2: torch.uint8}
 _BY_NAME = {v: k for k, v in _DTYPES.items()}
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
     t = t.detach().contiguous().cpu()
-    if t.dtype is torch.bfloat16:
-        t = t.view(torch.int16)
+    if t.dtype in _VIEW_AS:
+        t = t.view(_VIEW_AS[t.dtype])
     return t.numpy().tobytes()
 
 
@@ -73,8 +77,8 @@ def read_container(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
     for name, info in header.pop("tensors").items():
         data = blob[info["offset"]:info["offset"] + info["nbytes"]]
         dtype = _BY_NAME[info["dtype"]]
-        np_dtype = torch.empty(0, dtype=torch.int16 if dtype is torch.bfloat16 else dtype).numpy().dtype
+        np_dtype = torch.empty(0, dtype=_VIEW_AS.get(dtype, dtype)).numpy().dtype
         array = np.frombuffer(data, dtype=np_dtype).reshape(info["shape"]).copy()
         value = torch.from_numpy(array)
-        tensors[name] = value.view(torch.bfloat16) if dtype is torch.bfloat16 else value
+        tensors[name] = value.view(dtype) if dtype in _VIEW_AS else value
     return header, tensors

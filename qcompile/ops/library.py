@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from qcompile.ops import float_out, lowp, reference, weight_only
+from qcompile.ops import float_out, fp8, lowp, reference, weight_only
 
 Tensor = torch.Tensor
 
@@ -35,6 +35,11 @@ OPS["conv2d_lowp"] = torch.library.custom_op("qcompile::conv2d_lowp", lowp.conv2
                                              mutates_args=())
 OPS["dequantize_int4"] = torch.library.custom_op("qcompile::dequantize_int4",
                                                  weight_only.dequantize_int4, mutates_args=())
+FP8_OP_NAMES = ("quantize_fp8", "linear_fp8", "matmul_fp8", "conv2d_fp8")
+OPS.update({
+    name: torch.library.custom_op(f"qcompile::{name}", getattr(fp8, name), mutates_args=())
+    for name in FP8_OP_NAMES
+})
 
 
 def _like(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -174,3 +179,24 @@ def _matmul_lowp_fake(a, b, dtype):
 def _conv2d_lowp_fake(x, w, bias: Optional[Tensor], stride, padding, dilation, groups, dtype):
     return torch.nn.functional.conv2d(x, w.to(torch.float32), None, stride, padding, dilation,
                                       groups)
+
+
+@OPS["quantize_fp8"].register_fake
+def _quantize_fp8_fake(x, scale, format):
+    return _like(x, fp8.fp8_format(format).dtype)
+
+
+@OPS["linear_fp8"].register_fake
+def _linear_fp8_fake(x, x_scale, w, w_scale, bias: Optional[Tensor]):
+    return x.new_empty((*x.shape[:-1], w.shape[0]), dtype=torch.float32)
+
+
+@OPS["matmul_fp8"].register_fake
+def _matmul_fp8_fake(a, a_scale, b, b_scale):
+    return torch.matmul(a.to(torch.float32), b.to(torch.float32))
+
+
+@OPS["conv2d_fp8"].register_fake
+def _conv2d_fp8_fake(x, x_scale, w, w_scale, bias: Optional[Tensor], stride, padding, dilation,
+                     groups):
+    return _qconv2d_f32_fake(x, 0, w, None, w_scale, stride, padding, dilation, groups)
