@@ -10,20 +10,11 @@ from qcompile.instruments import sqnr_db
 from qcompile.ops import fp8
 from qcompile.passes.quantize import cast_fp8
 
+from tiny_models import ConvFcOuter
+
 warnings.filterwarnings("ignore", category=qcompile.QCompileWarning)
 Q = torch.ops.qcompile
 FP8_OPS = {Q.linear_fp8.default, Q.conv2d_fp8.default, Q.matmul_fp8.default}
-
-
-class Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
-        self.fc = torch.nn.Linear(4 * 8 * 8, 16)
-
-    def forward(self, x):
-        y = self.fc(torch.relu(self.conv(x)).flatten(1))
-        return torch.matmul(y.unsqueeze(-1), y.unsqueeze(-2))
 
 
 def mlp():
@@ -47,7 +38,7 @@ def _targets(cm):
 @pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
 def test_linear_conv_matmul_rewritten_with_fp8_dtypes(fmt):
     x = torch.randn(2, 3, 8, 8)
-    cm = _compile(Net().eval(), x, {"fp8_format": fmt})
+    cm = _compile(ConvFcOuter().eval(), x, {"fp8_format": fmt})
     targets = _targets(cm)
     assert FP8_OPS <= set(targets)
     assert not {torch.ops.aten.linear.default, torch.ops.aten.conv2d.default,
@@ -63,7 +54,7 @@ def test_linear_conv_matmul_rewritten_with_fp8_dtypes(fmt):
 
 def test_matmul_operands_quantized_once_each():
     x = torch.randn(2, 3, 8, 8)
-    cm = _compile(Net().eval(), x)
+    cm = _compile(ConvFcOuter().eval(), x)
     matmul = next(n for n in cm.graph.graph.nodes if n.target is Q.matmul_fp8.default)
     a, b = matmul.args[0], matmul.args[2]
     assert a.target is Q.quantize_fp8.default and b.target is Q.quantize_fp8.default

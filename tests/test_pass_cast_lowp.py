@@ -7,24 +7,15 @@ import torch
 import qcompile
 from qcompile.ops.lowp import round_to
 
+from tiny_models import ConvFcOuter
+
 warnings.filterwarnings("ignore", category=qcompile.QCompileWarning)
-
-
-class Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
-        self.fc = torch.nn.Linear(4 * 8 * 8, 16)
-
-    def forward(self, x):
-        y = self.fc(torch.relu(self.conv(x)).flatten(1))
-        return torch.matmul(y.unsqueeze(-1), y.unsqueeze(-2))
 
 
 @pytest.mark.parametrize("recipe,dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16)])
 def test_recipe_matches_half_precision_operands_with_float32_accumulation(recipe, dtype):
     torch.manual_seed(0)
-    model = Net().eval()
+    model = ConvFcOuter().eval()
     x = torch.randn(2, 3, 8, 8)
     cm = qcompile.compile(model, example_inputs=(x,), recipe=recipe)
     kinds = {str(n.target) for n in cm.graph.graph.nodes if n.op == "call_function"}

@@ -49,3 +49,17 @@ def image_batches(seed=0, count=4):
     """`count` seeded [2, 3, 8, 8] batches: ConvMLP's calibration data."""
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(2, 3, 8, 8, generator=g) for _ in range(count)]
+
+
+class ConvFcOuter(nn.Module):
+    """conv + ReLU, flatten, linear, then an outer-product matmul: one of each lowp/fp8 kind
+    (input [N, 3, 8, 8])."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 16)
+
+    def forward(self, x):
+        y = self.fc(torch.relu(self.conv(x)).flatten(1))
+        return torch.matmul(y.unsqueeze(-1), y.unsqueeze(-2))
