@@ -1,9 +1,12 @@
 """Capture: nn.Module -> fx.GraphModule (an ATen graph from torch.export, non-strict)."""
 from __future__ import annotations
 
+import io
+import logging
+
 import re
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass
 
 import torch
@@ -82,6 +85,28 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {first[:400]}"
 
 
+# torch loggers that print whole graphs on a failed capture; the CaptureError says it better
+_NOISY_LOGGERS = ("torch.fx.experimental.symbolic_shapes", "torch._dynamo", "torch.export",
+                  "torch._export", "torch._subclasses.fake_tensor")
+
+
+@contextmanager
+def _quiet_torch_logs():
+    """Silence torch's warnings and the partial graph torch.export prints to stderr when it
+    fails; what was printed is kept (CaptureError.torch_output) for whoever wants it."""
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    printed = io.StringIO()
+    try:
+        with redirect_stderr(printed):
+            yield printed
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def _export(model: torch.nn.Module, args: tuple, dynamic_batch: bool):
     dims = None
     if dynamic_batch:
@@ -114,15 +139,17 @@ def capture(model: torch.nn.Module, example_inputs) -> Captured:
     if not isinstance(model, torch.nn.Module):
         raise CaptureError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     args = normalize_inputs(example_inputs)
-    with _eval_mode(model):
+    with _eval_mode(model), _quiet_torch_logs() as printed:
         try:
             try:
                 program = _export(model, args, dynamic_batch=True)
             except Exception:
                 program = _export(model, args, dynamic_batch=False)
         except Exception as err:
-            raise CaptureError(f"torch.export could not capture the model: {_reason(err)}",
-                               source=_user_location(err)) from err
+            error = CaptureError(f"torch.export could not capture the model: {_reason(err)}",
+                                 source=_user_location(err))
+            error.torch_output = printed.getvalue()
+            raise error from err
     gm = program.module()
     _drop_guard_module(gm)
     specs = _input_specs(gm)

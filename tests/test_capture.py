@@ -135,3 +135,16 @@ def test_item_branch_error_points_at_the_user_line():
 def test_not_a_module():
     with pytest.raises(qcompile.CaptureError, match="function"):
         capture(lambda x: x, (torch.randn(2),))
+
+
+def test_failed_capture_prints_nothing_and_keeps_torch_output(capfd):
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            if float(x.sum()) > 0:
+                return x * 2
+            return x
+    with pytest.raises(qcompile.CaptureError) as info:
+        capture(DataDependent(), (torch.randn(2, 3),))
+    out, err = capfd.readouterr()
+    assert "def forward" not in out + err
+    assert "def forward" in info.value.torch_output
