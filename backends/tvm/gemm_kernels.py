@@ -17,7 +17,7 @@ from tvm import relax
 
 from .cpu_features import choose_path
 from .qlinear import build_qlinear, build_qlinear_f32
-from .relax_embed import emit_gemm
+from .relax_embed import as_nhwc, emit_gemm
 
 
 _BOUND: contextvars.ContextVar = contextvars.ContextVar("qcompile_tvm_bound", default={})
@@ -84,6 +84,11 @@ def _im2col(x, x_zp: int, kh: int, kw: int, stride, padding, dilation):
     here, so the innermost loop (c) reads the NHWC GEMM output contiguously."""
     from tvm import te, tirx
     n, c, h, w = x.ty.shape.values
+    bb = relax.BlockBuilder.current()
+    if (kh, kw) == (1, 1) and list(stride) == [1, 1] and list(padding) == [0, 0]:
+        # a 1x1 conv reads each pixel's channels as they are: the NHWC rows, no copy when x
+        # is the previous GEMM's output transposed back to NCHW
+        return bb.emit(relax.op.reshape(as_nhwc(bb, x), (n * h * w, c))), h, w
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     oh = (int(h) + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     ow = (int(w) + 2 * pw - dw * (kw - 1) - 1) // sw + 1
@@ -95,7 +100,6 @@ def _im2col(x, x_zp: int, kh: int, kw: int, stride, padding, dilation):
             return tirx.if_then_else(inside, xt[b, ci, ih, iw], tirx.const(x_zp, "int8"))
         return te.compute((n, oh, ow, kh, kw, c), value, name="im2col")
 
-    bb = relax.BlockBuilder.current()
     cols = bb.emit_te(compute, x)
     cols = bb.emit(relax.op.reshape(cols, (n * oh * ow, kh * kw * c)))
     return cols, oh, ow
@@ -121,8 +125,13 @@ def qconv2d(x, x_zp, w, bias, multiplier, shift, out_zp, qmin, qmax, stride, pad
             dilation, groups, name: str):
     """qconv2d (groups = 1) as im2col + the int8 GEMM micro-kernel, NCHW in and out."""
     values = _constants(w, bias, multiplier, shift)
-    if values is None or int(groups) != 1:
+    if values is None:
         return None
+    if int(groups) != 1:  # depthwise: its own kernel; other groups: None (Relax conv2d)
+        from . import depthwise
+        return depthwise.qconv2d(x, x_zp, *values, out_zp, qmin, qmax, _pair(stride, [1]),
+                                 _pair(padding, [0]), _pair(dilation, [1]), groups, name,
+                                 choose_path())
     w_t, bias_t, m_t, n_t = values
     kernel = build_qlinear(_taps_last(w_t), int(x_zp), bias_t, m_t, n_t,
                            int(out_zp), int(qmin), int(qmax), path=choose_path())
@@ -132,8 +141,12 @@ def qconv2d(x, x_zp, w, bias, multiplier, shift, out_zp, qmin, qmax, stride, pad
 def qconv2d_f32(x, x_zp, w, bias, scale, stride, padding, dilation, groups, name: str):
     """qconv2d_f32 (groups = 1): im2col + the GEMM with the float epilogue (two roundings)."""
     values = _constants(w, bias, scale)
-    if values is None or int(groups) != 1:
+    if values is None:
         return None
+    if int(groups) != 1:  # depthwise: its own kernel; other groups: None (Relax conv2d)
+        from . import depthwise
+        return depthwise.qconv2d_f32(x, x_zp, *values, _pair(stride, [1]), _pair(padding, [0]),
+                                     _pair(dilation, [1]), groups, name, choose_path())
     w_t, bias_t, scale_t = values
     kernel = build_qlinear_f32(_taps_last(w_t), int(x_zp), bias_t, scale_t,
                                path=choose_path())

@@ -88,3 +88,16 @@ class RelaxRunner:
 
         out = self.func(tvm.runtime.from_dlpack(x.contiguous()))
         return torch.from_dlpack(out)
+
+
+def as_nhwc(bb, x):
+    """x [n, C, H, W] as NHWC: `src` when x is `permute_dims(src, [0, 3, 1, 2])` (the
+    previous im2col GEMM's output), else a transpose of x."""
+    import tvm
+    from tvm import relax
+    bound = bb.lookup_binding(x) if isinstance(x, relax.Var) else None
+    if (isinstance(bound, relax.Call) and bound.op == tvm.ir.Op.get("relax.permute_dims")
+            and bound.attrs.axes is not None
+            and [int(a) for a in bound.attrs.axes] == [0, 3, 1, 2]):
+        return bound.args[0]
+    return bb.emit(relax.op.permute_dims(x, (0, 2, 3, 1)))
