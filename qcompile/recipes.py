@@ -46,6 +46,11 @@ class QuantOptions:
     budget: {"metric": "sqnr" | "cosine" | fn, "min": threshold, "data": batches}: keep the
         fewest layers float (most sensitive first) so the output score reaches min
     sensitivity: rank the quantized layers by output SQNR when quantized alone (report)
+
+    Method options (passes in the `methods` group, before calibration):
+    equalize: cross-layer equalization of consecutive conv/linear weights (pass equalize)
+    bias_correction: subtract the expected output error of int8 weight rounding from each
+        conv/linear bias, using calibration input means (pass bias-correction)
     """
     calibration: str = "mse"
     alpha: float = 0.5
@@ -69,6 +74,8 @@ class QuantOptions:
     profile: bool = False
     budget: Any = None
     sensitivity: bool = False
+    equalize: bool = False
+    bias_correction: bool = False
 
     def calibration_knobs(self) -> dict[str, Any]:
         return dict(self.calibration_options)
@@ -111,6 +118,9 @@ RECIPES: dict[str, Recipe] = {
     "w4a16-awq": Recipe("w4a16-awq", "none", weights="int4-group", weight_solver="awq",
                         description=("weight-only int4, group-wise, with activation-aware "
                                      "per-channel scales searched on calibration data")),
+    "w8a16-rtn": Recipe("w8a16-rtn", "none", weights="int8-weight-only", description=(
+        "weight-only int8, symmetric per output channel ([-127, 127], scales by option "
+        "weight_calibration), round to nearest; float32 activations")),
     "fp16": Recipe("fp16", "lowp", weights="fp16", description=(
         "linear, conv2d and matmul on fp16 operands with float32 accumulation; the baseline "
         "int8 is compared against")),
@@ -159,7 +169,7 @@ _OPTION_TYPES = (("calibration", str), ("symmetric_activations", bool), ("numeri
                  ("progress", (bool, type(None))), ("cpu_path", str), ("tune_trials", int),
                  ("tune_seconds", (int, float)), ("tune_rpc", (str, type(None))),
                  ("cache", bool), ("cache_dir", (str, type(None))), ("profile", bool),
-                 ("sensitivity", bool))
+                 ("sensitivity", bool), ("equalize", bool), ("bias_correction", bool))
 
 
 def _kind_names(kinds) -> str:

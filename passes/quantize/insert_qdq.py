@@ -49,14 +49,18 @@ def _quantize_weight_int4(gm: fx.GraphModule, anchor: fx.Node, options) -> None:
     install_int4_weight(gm, anchor, codes, scales, zeros, options.group_size)
 
 
-def _quantize_weight(gm: fx.GraphModule, anchor: fx.Node, method: str) -> None:
+def _quantize_weight(gm: fx.GraphModule, anchor: fx.Node, method: str,
+                     weight_only: bool = False) -> None:
+    """int8 per output channel; `weight_only` dequantizes with dequantize_w8 (w8a16), which
+    lowers to qlinear_w8 instead of an integer-activation op."""
     weight = constant_value(gm, anchor.args[1]).detach().float()
     scales = weight_scales(weight, method)
     wq = reference.quantize_per_channel(weight, scales, 0, WEIGHT_QMIN, WEIGHT_QMAX)
     wq_node = add_constant(gm, f"{anchor.name}_weight_int8", wq, anchor)
     ws_node = add_constant(gm, f"{anchor.name}_weight_scale", scales, anchor)
-    dq = call_before(gm.graph, anchor, Q.dequantize_per_channel.default, (wq_node, ws_node, 0),
-                     name=f"{anchor.name}_weight_dq")
+    target, args = ((Q.dequantize_w8.default, (wq_node, ws_node)) if weight_only else
+                    (Q.dequantize_per_channel.default, (wq_node, ws_node, 0)))
+    dq = call_before(gm.graph, anchor, target, args, name=f"{anchor.name}_weight_dq")
     anchor.args = (anchor.args[0], dq) + tuple(anchor.args[2:])
     update_facts(anchor, weight_qparams=ChannelQParams(tuple(scales.tolist())))
 
@@ -73,7 +77,8 @@ def insert_qdq(gm: fx.GraphModule, ctx) -> PassResult:
         if ctx.recipe.weights == "int4-group":
             _quantize_weight_int4(gm, anchor, ctx.options)
         elif kind in ("linear", "conv2d"):
-            _quantize_weight(gm, anchor, ctx.options.weight_calibration)
+            _quantize_weight(gm, anchor, ctx.options.weight_calibration,
+                             weight_only=ctx.recipe.weights == "int8-weight-only")
         else:
             continue
         weights += 1

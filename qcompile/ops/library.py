@@ -27,6 +27,10 @@ OPS.update({
 })
 OPS["qlinear_w4"] = torch.library.custom_op("qcompile::qlinear_w4", weight_only.qlinear_w4,
                                             mutates_args=())
+OPS["qlinear_w8"] = torch.library.custom_op("qcompile::qlinear_w8", weight_only.qlinear_w8,
+                                            mutates_args=())
+OPS["dequantize_w8"] = torch.library.custom_op("qcompile::dequantize_w8",
+                                               weight_only.dequantize_w8, mutates_args=())
 OPS["linear_lowp"] = torch.library.custom_op("qcompile::linear_lowp", lowp.linear_lowp,
                                              mutates_args=())
 OPS["matmul_lowp"] = torch.library.custom_op("qcompile::matmul_lowp", lowp.matmul_lowp,
@@ -163,6 +167,16 @@ def _qlinear_w4_fake(x, packed, scales, zeros, group_size, bias: Optional[Tensor
 @OPS["dequantize_int4"].register_fake
 def _dequantize_int4_fake(packed, scales, zeros, group_size):
     return packed.new_empty((packed.shape[0], packed.shape[1] * 2), dtype=torch.float32)
+
+
+@OPS["qlinear_w8"].register_fake
+def _qlinear_w8_fake(x, w, scales, bias: Optional[Tensor]):
+    return x.new_empty((*x.shape[:-1], w.shape[0]), dtype=torch.float32)
+
+
+@OPS["dequantize_w8"].register_fake
+def _dequantize_w8_fake(w, scales):
+    return _like(w, torch.float32)
 
 
 @OPS["linear_lowp"].register_fake

@@ -1,10 +1,15 @@
-"""Weight-only int4 (group-wise) linear with float activations: `qlinear_w4`.
+"""Weight-only linears with float activations: int4 group-wise `qlinear_w4`, int8 per output
+channel `qlinear_w8`.
 
 Weights are stored as unsigned 4-bit codes packed two per byte along K (low nibble = even k,
 high nibble = odd k), one float32 scale and one code zero point per (output row, group).
 Dequantized weight: w[n, k] = (code[n, k] - zero[n, k // g]) * scale[n, k // g], in float32.
 The product with float32 activations is an ordinary float32 GEMM (backends agree within
 float rounding, not bit for bit: the activations are float).
+
+int8 (`qlinear_w8`): w_int8 [N, K] int8 in [-127, 127], one float32 scale per output row.
+Dequantized weight: w[n, k] = float32(w_int8[n, k]) * scale[n], one float32 rounding per
+element; then the same float32 GEMM (+ bias) as qlinear_w4.
 """
 from __future__ import annotations
 
@@ -80,3 +85,22 @@ def quantize_int4_codes(w: Tensor, group_size: int, symmetric: bool = True):
         zeros = torch.clamp(torch.round(-lo / scales), 0, 15)
     codes = torch.clamp(torch.round(groups / scales[..., None]) + zeros[..., None], 0, 15)
     return codes.reshape(n, k).to(torch.uint8), scales, zeros.to(torch.uint8)
+
+
+def dequantize_w8(w: Tensor, scales: Tensor) -> Tensor:
+    """float32 [N, K] weight w_int8[n, k] * scale[n] from int8 codes and per-row scales."""
+    if w.dtype != torch.int8 or w.dim() != 2:
+        raise ValueError(f"int8 weight must be a 2-d int8 tensor, got {w.dtype} {list(w.shape)}")
+    if scales.shape != (w.shape[0],):
+        raise ValueError(f"scales must have shape [{w.shape[0]}], got {list(scales.shape)}")
+    return w.to(torch.float32) * scales.to(torch.float32)[:, None]
+
+
+def qlinear_w8(x: Tensor, w: Tensor, scales: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """float32 x [..., K] @ dequantize_w8(w, scales)^T (+ bias), float32."""
+    if x.dtype != torch.float32:
+        raise ValueError(f"qlinear_w8 takes float32 activations, got {x.dtype}")
+    weight = dequantize_w8(w, scales)
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"qlinear_w8 shapes do not match: x {list(x.shape)}, w {list(w.shape)}")
+    return torch.nn.functional.linear(x, weight, bias)
