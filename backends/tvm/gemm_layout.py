@@ -28,6 +28,17 @@ GEOMETRY = {
 }
 # default register tile (rows MR, vectors NV): accumulators MR * NV stay in registers
 DEFAULT_TILE = {"avx512-vnni": (6, 4), "avx2": (6, 2), "generic": (4, 2)}
+# register tiles worth timing per path, the default first. Each half of the accumulators
+# ((MR + 1) // 2 rows * NV vectors) stays below gemm_tir.STACK_BYTES, and MR * NV accumulators
+# + NV weight vectors + a broadcast fit the register file (32 zmm for VNNI, 16 ymm for AVX2,
+# with one more for vpmaddwd's product). Wide, short tiles (2x8, 1x6) waste no padded rows
+# when M is 1-2; tall ones reuse each weight load more at large M. Generic targets (SSE2: 16
+# xmm, a 16-lane vector is 4 of them) spill any tile; its candidates trade spills for reuse.
+TILE_CANDIDATES = {
+    "avx512-vnni": [(6, 4), (8, 3), (5, 4), (10, 2), (4, 6), (4, 4), (2, 8)],
+    "avx2": [(6, 2), (2, 4), (3, 3), (4, 2), (5, 2), (1, 6)],
+    "generic": [(4, 2), (2, 2), (6, 1), (1, 4), (1, 2)],
+}
 MODES = ("int8", "f32")
 
 

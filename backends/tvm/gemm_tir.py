@@ -15,6 +15,13 @@ Each call first packs x into xs [ceil(m / MR) * MR, Kp] in the micro-kernel's op
 (u8 x ^ 0x80 for vpdpbusd, int16 for vpmaddwd), zero-padded, so the inner loop needs no
 bounds checks; padded rows are computed and never stored. The accumulators start at the
 column offsets (zero-point terms and bias), so the epilogue only rescales.
+
+Threads: the tasks (column block, chunk of row tiles) are one `T.parallel` loop, which TVM
+lowers to a closure run by its thread pool (TVM_NUM_THREADS threads, each a static contiguous
+share of the tasks, so a thread keeps few weight panels). The accumulators are allocated inside
+the loop body, so each task has them on its own stack (in registers). Waking the pool costs
+about 1-3 us, so calls with little work (m < `parallel_min_rows`) run the same loop serially,
+and x is packed in parallel only from `PACK_PARALLEL_MIN_BYTES` of input on.
 """
 from __future__ import annotations
 
@@ -23,6 +30,11 @@ from tvm.script import tirx as T
 from .gemm_layout import GemmSpec
 
 STACK_BYTES = 1024  # TVM keeps smaller "global" allocations on the stack
+# multiply-adds per call from which the tiles run on the thread pool: a few us of one thread's
+# work per path (VNNI about 700, AVX2 about 160, generic about 20 GMAC/s on one core)
+PARALLEL_MIN_MACS = {"avx512-vnni": 1 << 22, "avx2": 1 << 20, "generic": 1 << 17}
+PACK_PARALLEL_MIN_BYTES = 1 << 16  # x bytes from which packing splits rows over the pool
+TASKS_MIN = 64  # tasks per call at least (see row_chunks): balanced shares for up to ~16 threads
 
 
 def _vnni_rows(nv):
@@ -85,24 +97,39 @@ def _x_value(path: str, value):
     return value
 
 
-def _pack_x(spec: GemmSpec):
-    """Macro copying x [m, K] into xs [ceil(m / MR) * MR, Kp] in the micro-kernel's form.
+def parallel_min_rows(spec: GemmSpec) -> int:
+    """Smallest M for which the tiles run on the thread pool (m * N * K >= PARALLEL_MIN_MACS)."""
+    return max(1, -(-PARALLEL_MIN_MACS[spec.path] // (spec.n * spec.k)))
 
-    Padding (rows >= m, k >= K) is zero; W is zero for k >= K, padded rows are not stored.
+
+def pack_parallel_min_rows(spec: GemmSpec) -> int:
+    """Smallest M for which packing x splits its rows over the thread pool."""
+    return max(1, -(-PACK_PARALLEL_MIN_BYTES // spec.k))
+
+
+def _pack_x(spec: GemmSpec, loop):
+    """Macro copying x [m, K] into rows [0, m) of xs [., Kp] in the micro-kernel's form.
+
+    `loop` is T.serial or T.parallel (over rows); the padding k >= K is zero (W is zero there).
     """
     k, kp, path = spec.k, spec.kp, spec.path
 
     @T.macro
-    def pack(x, xs, m, mp):
-        for r in range(m):
+    def pack(x, xs, m):
+        for r in loop(m):
             for j in range(k):
                 xs[r, j] = _x_value(path, x[r, j])
             for j in range(kp - k):
                 xs[r, k + j] = T.Cast(xs.dtype, 0)
-        for r, j in T.grid(mp - m, kp):
-            xs[m + r, j] = T.Cast(xs.dtype, 0)
 
     return pack
+
+
+@T.macro
+def _zero_rows(xs, m, mp, kp):
+    """Rows [m, mp) of xs (the last row tile's padding) are zero; they are never stored."""
+    for r, j in T.grid(mp - m, kp):
+        xs[m + r, j] = T.Cast(xs.dtype, 0)
 
 
 def _requant(acc_value, c, params):
@@ -151,7 +178,7 @@ def _tile_sizes(spec: GemmSpec) -> tuple:
 def _macros(spec: GemmSpec):
     """(accumulate, store) macros for this spec's tile and path."""
     rows = _ROWS[spec.path](spec.nv)
-    mr, nv, vl, kq, n, nb_cols = spec.mr, spec.nv, spec.lanes, spec.kq, spec.n, spec.nb
+    nv, vl, kq, n, nb_cols = spec.nv, spec.lanes, spec.kq, spec.n, spec.nb
     h0, h1, _ = _tile_sizes(spec)
 
     @T.macro
@@ -183,23 +210,66 @@ def _macros(spec: GemmSpec):
     return accumulate, store
 
 
-def _gemm(spec: GemmSpec, value, ydt: str):
-    """Macro: pack x, then for every (column block, row tile) accumulate and store."""
+def row_chunks(spec: GemmSpec) -> int:
+    """Row chunks per column block, so that there are at least TASKS_MIN tasks per call."""
+    return -(-TASKS_MIN // spec.nblk)
+
+
+def _tiles(spec: GemmSpec, value, loop):
+    """Macro: accumulate and store every (column block, row tile) pair.
+
+    `loop` (T.serial or T.parallel) runs over tasks = (column block, chunk of its row tiles),
+    column-block major, so the thread pool's contiguous share of tasks works through
+    consecutive row tiles of few weight panels; the divisor (chunks) is a constant, so
+    splitting a task index costs no division. The accumulators are allocated in the task
+    body (an opaque block), so every task has its own (on its stack, < STACK_BYTES each; LLVM
+    keeps them in registers). The block declares no regions: it only scopes the allocations.
+    """
     accumulate, store = _macros(spec)
-    pack = _pack_x(spec)
     h0, h1, (size0, size1) = _tile_sizes(spec)
-    mr, kp, nblk, xdt = spec.mr, spec.kp, spec.nblk, spec.xdtype
+    mr, nblk, chunks = spec.mr, spec.nblk, row_chunks(spec)
+
+    @T.macro
+    def tiles(xs, wp, y, m, init, params):
+        for task in loop(nblk * chunks):
+            with T.sblock("task"):
+                T.reads()
+                T.writes()
+                acc0 = T.alloc_buffer((size0,), "int32")
+                acc1 = T.alloc_buffer((size1,), "int32")
+                nb = T.bind(task // chunks)
+                per_chunk = T.bind(T.ceildiv(T.ceildiv(m, mr), chunks))
+                for i in range(per_chunk):
+                    r0 = T.bind((task % chunks * per_chunk + i) * mr)
+                    if r0 < m:
+                        accumulate(acc0, acc1, xs, wp, nb, r0, init)
+                        store(acc0, y, r0, h0, nb, m, value, params)
+                        store(acc1, y, r0 + h0, h1, nb, m, value, params)
+
+    return tiles
+
+
+def _gemm(spec: GemmSpec, value):
+    """Macro: pack x, then all tiles; each step on the thread pool when m is large enough."""
+    pack_serial, pack_parallel = _pack_x(spec, T.serial), _pack_x(spec, T.parallel)
+    tiles_serial, tiles_parallel = _tiles(spec, value, T.serial), _tiles(spec, value, T.parallel)
+    pack_rows, tile_rows = pack_parallel_min_rows(spec), parallel_min_rows(spec)
+    mr, kp, xdt = spec.mr, spec.kp, spec.xdtype
 
     @T.macro
     def gemm(x, wp, y, m, init, params):
         xs = T.alloc_buffer((T.ceildiv(m, mr) * mr, kp), xdt)
-        acc0 = T.alloc_buffer((size0,), "int32")
-        acc1 = T.alloc_buffer((size1,), "int32")
-        pack(x, xs, m, T.ceildiv(m, mr) * mr)
-        for nb, mb in T.grid(nblk, T.ceildiv(m, mr)):
-            accumulate(acc0, acc1, xs, wp, nb, mb * mr, init)
-            store(acc0, y, mb * mr, h0, nb, m, value, params)
-            store(acc1, y, mb * mr + h0, h1, nb, m, value, params)
+        if m < pack_rows:
+            pack_serial(x, xs, m)
+        else:
+            pack_parallel(x, xs, m)
+        _zero_rows(xs, m, T.ceildiv(m, mr) * mr, kp)
+        if tile_rows <= 1:  # a Python bool: only the parallel loop is generated
+            tiles_parallel(xs, wp, y, m, init, params)
+        elif m < tile_rows:
+            tiles_serial(xs, wp, y, m, init, params)
+        else:
+            tiles_parallel(xs, wp, y, m, init, params)
 
     return gemm
 
@@ -211,7 +281,7 @@ def int8_kernel(spec: GemmSpec):
     when spec.wide; mult, rnd = 2^(n-1) and shift are int64 [Np]; qp = (zp_y, qmin, qmax).
     """
     n, k, wdt, wide = spec.n, spec.k, spec.wdtype, spec.wide
-    gemm = _gemm(spec, _requant, "int8")
+    gemm = _gemm(spec, _requant)
     wshape, npad = (spec.nblk, spec.kq, spec.nb * spec.group), spec.np
 
     @T.prim_func(s_tir=True)
@@ -234,7 +304,7 @@ def int8_kernel(spec: GemmSpec):
 
 def f32_kernel(spec: GemmSpec):
     """PrimFunc (x, wp, init, scale, bias, y): float32 out, float32(acc) * scale (+ bias)."""
-    gemm = _gemm(spec, _scale_bias_f32 if spec.has_bias else _scale_f32, "float32")
+    gemm = _gemm(spec, _scale_bias_f32 if spec.has_bias else _scale_f32)
     n, k, wdt = spec.n, spec.k, spec.wdtype
     wshape, npad = (spec.nblk, spec.kq, spec.nb * spec.group), spec.np
 
