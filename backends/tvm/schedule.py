@@ -115,6 +115,21 @@ def _parallel(sch, loops):
     sch.parallel(outer)
 
 
+PARALLEL_MIN = 256  # parallel iterations enough to feed the threads with small chunks
+
+
+def _parallel_prefix(sch, loops) -> int:
+    """How many leading loops to fuse into the parallel loop: just enough to reach
+    PARALLEL_MIN iterations (a symbolic extent counts as 1). The loops after it stay nested,
+    so their indices need no div/mod of a fused index (im2col's 6-D loops)."""
+    total = 1
+    for count, loop in enumerate(loops, start=1):
+        total *= _const(sch.get(loop).extent) or 1
+        if total >= PARALLEL_MIN:
+            return count
+    return len(loops)
+
+
 def _schedule_spatial(sch, block, loops):
     lanes = _lanes(sch.get(loops[-1]).extent, _bits(sch, block))
     if _has_if_then_else(sch.get(block)):  # padding: a vector load could leave the buffer
@@ -131,7 +146,7 @@ def _schedule_spatial(sch, block, loops):
         if lanes:
             sch.vectorize(inner)
         return
-    _parallel(sch, loops[:-1])
+    _parallel(sch, loops[:_parallel_prefix(sch, loops[:-1])])
     inner = loops[-1]
     if lanes:
         extent = _const(sch.get(inner).extent)
