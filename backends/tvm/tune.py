@@ -23,8 +23,7 @@ from qcompile.graph_edit import constant_value
 from qcompile.op_kinds import arg, is_qcompile_op
 from qcompile.progress import Progress
 
-from . import gemm_layout
-from .gemm_layout import DEFAULT_TILE
+from .gemm_layout import TILE_CANDIDATES
 from .tiles import tile_key
 from .tune_measure import Workload, make_runner, measure
 from .tuning_db import TuningDatabase
@@ -64,10 +63,8 @@ def gemm_workloads(gm: fx.GraphModule, path: str) -> list[Workload]:
 
 
 def _candidates(path: str) -> list:
-    default = DEFAULT_TILE[path]
-    candidates = getattr(gemm_layout, "TILE_CANDIDATES", {p: [t] for p, t in DEFAULT_TILE.items()})
-    rest = [t for t in candidates[path] if tuple(t) != tuple(default)]
-    return [tuple(default)] + [tuple(t) for t in rest]
+    """The path's tiles, its default first (gemm_layout keeps them in that order)."""
+    return [tuple(t) for t in TILE_CANDIDATES[path]]
 
 
 class _Budget:

@@ -10,38 +10,31 @@ from qcompile.graph_edit import call_before, replace_with
 from qcompile.op_kinds import arg
 
 from .common import lowered_name, mark_lowered
-from .match import Q, is_call
+from .match import Q
 
 aten = torch.ops.aten
+
+
+# weight dequantize op -> (weight-only linear op, how many of its arguments it takes over)
+_WEIGHT_ONLY = {
+    Q.dequantize_int4.default: (Q.qlinear_w4.default, 4),  # codes, scales, zeros, group size
+    Q.dequantize_w8.default: (Q.qlinear_w8.default, 2),    # int8 weight, scales
+}
 
 
 def lower_weight_only_linear(gm, node: fx.Node) -> bool:
     if node.op != "call_function" or node.target is not aten.linear.default:
         return False
     weight = node.args[1]
-    if not is_call(weight, Q.dequantize_int4.default):
+    if not isinstance(weight, fx.Node) or weight.target not in _WEIGHT_ONLY:
         return False
-    packed, scales, zeros, group_size = weight.args[:4]
-    new = call_before(gm.graph, node, Q.qlinear_w4.default,
-                      (node.args[0], packed, scales, zeros, group_size,
-                       arg(node, 2, "bias", None)), origin=node, name=lowered_name(node))
-    mark_lowered(new, node, None, ())
-    replace_with(node, new)
-    return True
-
-
-def lower_weight_only_linear_w8(gm, node: fx.Node) -> bool:
-    if node.op != "call_function" or node.target is not aten.linear.default:
-        return False
-    weight = node.args[1]
-    if not is_call(weight, Q.dequantize_w8.default):
-        return False
-    new = call_before(gm.graph, node, Q.qlinear_w8.default,
-                      (node.args[0], *weight.args[:2], arg(node, 2, "bias", None)),
+    op, count = _WEIGHT_ONLY[weight.target]
+    new = call_before(gm.graph, node, op,
+                      (node.args[0], *weight.args[:count], arg(node, 2, "bias", None)),
                       origin=node, name=lowered_name(node))
     mark_lowered(new, node, None, ())
     replace_with(node, new)
     return True
 
 
-WEIGHT_ONLY_RULES = (lower_weight_only_linear, lower_weight_only_linear_w8)
+WEIGHT_ONLY_RULES = (lower_weight_only_linear,)

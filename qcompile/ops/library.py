@@ -17,33 +17,19 @@ OP_NAMES = (
 )
 FLOAT_OUT_OP_NAMES = ("qlinear_f32", "qconv2d_f32", "qmatmul_f32")
 
-OPS = {
-    name: torch.library.custom_op(f"qcompile::{name}", getattr(reference, name), mutates_args=())
-    for name in OP_NAMES
-}
-OPS.update({
-    name: torch.library.custom_op(f"qcompile::{name}", getattr(float_out, name), mutates_args=())
-    for name in FLOAT_OUT_OP_NAMES
-})
-OPS["qlinear_w4"] = torch.library.custom_op("qcompile::qlinear_w4", weight_only.qlinear_w4,
-                                            mutates_args=())
-OPS["qlinear_w8"] = torch.library.custom_op("qcompile::qlinear_w8", weight_only.qlinear_w8,
-                                            mutates_args=())
-OPS["dequantize_w8"] = torch.library.custom_op("qcompile::dequantize_w8",
-                                               weight_only.dequantize_w8, mutates_args=())
-OPS["linear_lowp"] = torch.library.custom_op("qcompile::linear_lowp", lowp.linear_lowp,
-                                             mutates_args=())
-OPS["matmul_lowp"] = torch.library.custom_op("qcompile::matmul_lowp", lowp.matmul_lowp,
-                                             mutates_args=())
-OPS["conv2d_lowp"] = torch.library.custom_op("qcompile::conv2d_lowp", lowp.conv2d_lowp,
-                                             mutates_args=())
-OPS["dequantize_int4"] = torch.library.custom_op("qcompile::dequantize_int4",
-                                                 weight_only.dequantize_int4, mutates_args=())
 FP8_OP_NAMES = ("quantize_fp8", "linear_fp8", "matmul_fp8", "conv2d_fp8")
-OPS.update({
-    name: torch.library.custom_op(f"qcompile::{name}", getattr(fp8, name), mutates_args=())
-    for name in FP8_OP_NAMES
-})
+# module -> the names of its reference kernels registered as qcompile::<name>
+_KERNELS = (
+    (reference, OP_NAMES),
+    (float_out, FLOAT_OUT_OP_NAMES),
+    (weight_only, ("qlinear_w4", "qlinear_w8", "dequantize_w8", "dequantize_int4")),
+    (lowp, ("linear_lowp", "matmul_lowp", "conv2d_lowp")),
+    (fp8, FP8_OP_NAMES),
+)
+OPS = {
+    name: torch.library.custom_op(f"qcompile::{name}", getattr(module, name), mutates_args=())
+    for module, names in _KERNELS for name in names
+}
 
 
 def _like(t: Tensor, dtype: torch.dtype) -> Tensor:
