@@ -47,16 +47,35 @@ def _tile_table(gm: fx.GraphModule, path: str, options: QuantOptions) -> dict:
                       rpc=options.tune_rpc, progress=options.progress)
 
 
-def _library(cache: LibraryCache | None, key: str, executable) -> bytes | None:
-    """The exported library (stored in the cache when there is one); None if it cannot be
-    exported here (no C compiler to link): the model then runs from memory."""
+def _exported(executable) -> bytes | None:
+    """The executable as shared-library bytes; None if it cannot be exported here (no C
+    compiler to link): the model then runs from memory."""
     try:
-        return cache.store(key, executable).read_bytes() if cache else export_bytes(executable)
+        return export_bytes(executable)
     except Exception as err:  # noqa: BLE001 - export needs a C compiler
         warnings.warn(f"qcompile: could not export the compiled library ({type(err).__name__}: "
                       f"{err}); it runs from memory, is not cached and not saved with the model",
-                      QCompileWarning, stacklevel=3)
+                      QCompileWarning, stacklevel=4)
         return None
+
+
+def _store(cache: LibraryCache, key: str, data: bytes) -> None:
+    try:
+        cache.store(key, data)
+    except OSError as err:
+        warnings.warn(f"qcompile: could not write the library cache in {cache.dir} ({err}); "
+                      "the library is not cached", QCompileWarning, stacklevel=4)
+
+
+def _fresh_runner(gm, example_inputs, target, table, cache, key) -> TvmRunner:
+    """Compile, export, cache (when there is a cache) and load."""
+    executable = _compile(gm, example_inputs, target, table)
+    data = _exported(executable)
+    if data is None:
+        return TvmRunner.from_executable(executable, gm)
+    if cache is not None:
+        _store(cache, key, data)
+    return runner_from_library(data, gm)
 
 
 def build(gm: fx.GraphModule, options=None, example_inputs: tuple | None = None) -> TvmRunner:
@@ -76,16 +95,11 @@ def _build(gm: fx.GraphModule, options: QuantOptions, example_inputs: tuple) -> 
     key = library_key(gm, example_inputs, path, target, table)
     cache = LibraryCache(cache_root(options.cache_dir)) if options.cache else None
     hit = cache.lookup(key) if cache else None
-    data = hit.read_bytes() if hit else None
-    if data is None:
-        executable = _compile(gm, example_inputs, target, table)
-        data = _library(cache, key, executable)
-        if data is None:
-            runner = TvmRunner.from_executable(executable, gm)
-    if data is not None:
-        runner = runner_from_library(data, gm)
-    cached = hit is not None
-    runner.build_info = {"path": path, "key": key, "cached": cached, "tiles": table,
+    if hit is not None:
+        runner = runner_from_library(hit.read_bytes(), gm)
+    else:
+        runner = _fresh_runner(gm, example_inputs, target, table, cache, key)
+    runner.build_info = {"path": path, "key": key, "cached": hit is not None, "tiles": table,
                          "versions": toolchain_versions()}
     mark_kernels(gm, BACKEND, path, table)
     return runner

@@ -118,18 +118,18 @@ class LibraryCache:
         for p in self._paths(key):
             p.unlink(missing_ok=True)
 
-    def store(self, key: str, executable) -> Path:
-        """Export `executable` (needs a C compiler to link) and record its checksum."""
+    def store(self, key: str, data: bytes) -> Path:
+        """Write the library bytes (atomically) and record their checksum."""
         self.dir.mkdir(parents=True, exist_ok=True)
         lib, meta = self._paths(key)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=self.dir)
-        os.close(fd)
         try:
-            executable.export_library(tmp)
-            record = {"sha256": _file_sha256(Path(tmp)), "bytes": os.path.getsize(tmp),
-                      "versions": toolchain_versions()}
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
             os.replace(tmp, lib)
         finally:
             Path(tmp).unlink(missing_ok=True)
+        record = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+                  "versions": toolchain_versions()}
         meta.write_text(json.dumps(record, sort_keys=True))
         return lib

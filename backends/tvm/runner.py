@@ -73,7 +73,10 @@ def _is_tuple(value) -> bool:
 
 
 def runner_from_library(data: bytes, gm: fx.GraphModule) -> TvmRunner:
-    """Load a shared library (bytes of an exported Relax executable) into a VM."""
+    """Load a shared library (bytes of an exported Relax executable) into a VM.
+
+    It is loaded from a private temporary copy, never from the cache file itself: the loader
+    maps the file, and a cache file rewritten in place would crash the running model."""
     import tvm
     from tvm import relax
     fd, path = tempfile.mkstemp(suffix=".so", prefix="qcompile-")
