@@ -42,6 +42,17 @@ class QuantOptions:
     cache_dir: where those live (default $QCOMPILE_CACHE_DIR, else ~/.cache/qcompile)
     profile: after the build, time every kernel on the example inputs (report.kernel_times)
 
+    Integer-only and NPU profile options (target npu-int8 sets integer_only):
+    integer_only: softmax, layernorm and GELU as integer ops (I-BERT style), no float island
+    pow2_scales: every scale a power of two, so requantize is a shift (no multiplier)
+    per_tensor_weights: one weight scale per tensor instead of per output channel
+    arena_limit: bytes the static activation arena may take (npu-int8); None: no limit
+
+    cuda-int8 options:
+    arch: build the engine for this GPU architecture ("sm_80", "sm_86", "sm_89", "sm_90")
+        without a GPU (heuristic tactics, tuned on first use)
+    emulate: run the engine's kernels on the CPU through the emulation layer (slow; tests)
+
     Accuracy options (see qcompile/mixed_precision.py):
     budget: {"metric": "sqnr" | "cosine" | fn, "min": threshold, "data": batches}: keep the
         fewest layers float (most sensitive first) so the output score reaches min
@@ -76,6 +87,12 @@ class QuantOptions:
     sensitivity: bool = False
     equalize: bool = False
     bias_correction: bool = False
+    integer_only: bool = False
+    pow2_scales: bool = False
+    per_tensor_weights: bool = False
+    arena_limit: int | None = None
+    arch: str | None = None
+    emulate: bool = False
 
     def calibration_knobs(self) -> dict[str, Any]:
         return dict(self.calibration_options)
@@ -121,6 +138,12 @@ RECIPES: dict[str, Recipe] = {
     "w8a16-rtn": Recipe("w8a16-rtn", "none", weights="int8-weight-only", description=(
         "weight-only int8, symmetric per output channel ([-127, 127], scales by option "
         "weight_calibration), round to nearest; float32 activations")),
+    "w8a16-gptq": Recipe("w8a16-gptq", "none", weights="int8-weight-only", weight_solver="gptq",
+                         description=("weight-only int8 per output channel, codes chosen by GPTQ "
+                                      "from calibration Hessians (pass options damp, act-order)")),
+    "w8a16-awq": Recipe("w8a16-awq", "none", weights="int8-weight-only", weight_solver="awq",
+                        description=("weight-only int8 per output channel, with activation-aware "
+                                     "per-channel scales searched on calibration data")),
     "fp16": Recipe("fp16", "lowp", weights="fp16", description=(
         "linear, conv2d and matmul on fp16 operands with float32 accumulation; the baseline "
         "int8 is compared against")),

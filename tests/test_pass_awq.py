@@ -45,3 +45,30 @@ def test_awq_pass_is_exact_in_float_and_beats_rtn():
             awq = next(p for p in cm.report.passes if p.name == "awq")
             assert awq.changed and awq.sqnr_db > 80       # scaling alone changes nothing
     assert results["w4a16-awq"] > results["w4a16-rtn"]
+
+
+def test_w8a16_awq_scales_salient_channels_and_lowers_to_qlinear_w8():
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(torch.nn.LayerNorm(64), torch.nn.Linear(64, 64),
+                                torch.nn.GELU(), torch.nn.Linear(64, 8)).eval()
+    with torch.no_grad():
+        model[0].weight[:4] = 60.0
+    batches = [torch.randn(32, 64) for _ in range(4)]
+    x = torch.randn(64, 64)
+    results = {}
+    for recipe in ("w8a16-rtn", "w8a16-awq"):
+        cm = qcompile.compile(model, example_inputs=(batches[0],), calibration_data=batches,
+                              recipe=recipe, options={"weight_calibration": "minmax"})
+        ops = [n.target for n in cm.graph.graph.nodes]
+        assert ops.count(torch.ops.qcompile.qlinear_w8.default) == 2
+        with torch.no_grad():
+            results[recipe] = sqnr_db(model(x), cm(x))
+    assert results["w8a16-awq"] >= results["w8a16-rtn"]
+
+
+def test_int8_rounding_is_per_row_symmetric():
+    w = torch.tensor([[1.0, -0.5], [0.01, 0.02]])
+    out = _rounded(w, 0, True)
+    half_steps = w.abs().amax(dim=1, keepdim=True) / 127 / 2
+    assert ((out - w).abs() <= half_steps + 1e-9).all()
+    assert out[0, 0] == 1.0 and out[1, 1] == 0.02

@@ -57,3 +57,36 @@ def test_recipe_compiles_and_beats_rtn_end_to_end():
         with torch.no_grad():
             errors[recipe] = qcompile.instruments.sqnr_db(model(x), cm(x))
     assert errors["w4a16-gptq"] > errors["w4a16-rtn"]
+
+
+def test_int8_rows_beat_rounding_and_stay_in_range():
+    torch.manual_seed(3)
+    mixing = torch.randn(64, 64) * 0.5 + torch.eye(64)
+    x = torch.randn(512, 64) @ mixing
+    w = torch.randn(16, 64)
+    hessian = 2 * x.T.double() @ x.double() / x.shape[0]
+    codes, scales, zeros = gptq_quantize(w, hessian, GptqSettings(bits=8))
+    assert codes.dtype == torch.int8 and scales.shape == (16, 1) and not zeros.any()
+    assert int(codes.abs().max()) <= 127
+    rtn_scales = w.abs().amax(dim=1, keepdim=True) / 127
+    rtn = torch.clamp(torch.round(w / rtn_scales), -127, 127) * rtn_scales
+    gptq_error = (x @ (codes.float() * scales - w).T).pow(2).mean()
+    assert gptq_error < 0.8 * (x @ (rtn - w).T).pow(2).mean()
+
+
+def test_w8a16_gptq_recipe_lowers_to_qlinear_w8_and_beats_rtn():
+    torch.manual_seed(4)
+    mixing = torch.randn(64, 64) * 0.5 + torch.eye(64)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(),
+                                torch.nn.Linear(64, 16)).eval()
+    batches = [torch.randn(32, 64) @ mixing for _ in range(4)]
+    x = torch.randn(64, 64) @ mixing
+    errors = {}
+    for recipe in ("w8a16-rtn", "w8a16-gptq"):
+        cm = qcompile.compile(model, example_inputs=(batches[0],), calibration_data=batches,
+                              recipe=recipe, options={"weight_calibration": "minmax"})
+        ops = [n.target for n in cm.graph.graph.nodes]
+        assert ops.count(torch.ops.qcompile.qlinear_w8.default) == 2
+        with torch.no_grad():
+            errors[recipe] = qcompile.instruments.sqnr_db(model(x), cm(x))
+    assert errors["w8a16-gptq"] > errors["w8a16-rtn"]

@@ -1,8 +1,8 @@
-"""awq: activation-aware scales for int4 weights (AWQ, Lin et al. 2024), recipe w4a16-awq.
+"""awq: activation-aware weight scales (AWQ, Lin et al. 2024), recipes w4a16-awq, w8a16-awq.
 
 For the linears reading one activation X: s = mean|X|^a (normalised), with a searched on a
 grid to minimise || X W^T - X (Q(W * s) / s)^T || over sampled calibration rows, Q being the
-int4 group rounding. Then W <- W * s and X <- X / s (folded into a LayerNorm when it is the
+int4 group rounding (int8 per-channel rounding for w8a16-awq). Then W <- W * s and X <- X / s (folded into a LayerNorm when it is the
 only producer-consumer link, else one float multiply), and insert-qdq rounds W * s.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch.fx as fx
 
 from qcompile.graph_edit import constant_value
 from qcompile.ops.weight_only import dequantize_int4, quantize_int4_groups
+from qcompile.quant_math import WEIGHT_QMAX, WEIGHT_QMIN, weight_scales_per_channel
 from qcompile.registry import PassResult, register_pass
 
 from .activation_stats import channel_means_and_samples
@@ -21,6 +22,10 @@ GRID = 20
 
 
 def _rounded(w: torch.Tensor, group_size: int, symmetric: bool) -> torch.Tensor:
+    """w after weight rounding: int4 groups, or int8 per row (group_size 0: w8a16-awq)."""
+    if group_size == 0:
+        scales = weight_scales_per_channel(w, axis=0).unsqueeze(1)
+        return torch.clamp(torch.round(w / scales), WEIGHT_QMIN, WEIGHT_QMAX) * scales
     return dequantize_int4(*quantize_int4_groups(w, group_size, symmetric), group_size)
 
 
@@ -42,7 +47,7 @@ def search_scales(mean_abs: torch.Tensor, sample: torch.Tensor, weights: list[to
 
 @register_pass("awq")
 def awq(gm: fx.GraphModule, ctx) -> PassResult:
-    """Activation-aware per-channel weight scaling before int4 rounding (recipe w4a16-awq)."""
+    """Activation-aware per-channel weight scaling before weight rounding (w4a16-awq, w8a16-awq)."""
     if ctx.recipe.weight_solver != "awq":
         return PassResult(gm, False, {})
     groups = _groups(gm, ctx)
@@ -50,8 +55,8 @@ def awq(gm: fx.GraphModule, ctx) -> PassResult:
     exponents = []
     for x, readers in groups.items():
         weights = [constant_value(gm, r.args[1]).detach().float() for r in readers]
-        scales, a = search_scales(*stats[x], weights, ctx.options.group_size,
-                                  ctx.options.weight_symmetric)
+        group = 0 if ctx.recipe.weights == "int8-weight-only" else ctx.options.group_size
+        scales, a = search_scales(*stats[x], weights, group, ctx.options.weight_symmetric)
         if a > 0:
             _apply(gm, x, readers, scales)
         exponents.append(a)

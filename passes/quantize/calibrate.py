@@ -11,6 +11,7 @@ from qcompile.observers import make_observer
 from qcompile.quant_math import qparams_from_range
 from qcompile.registry import PassResult, register_pass
 
+from .scale_profile import constrain_activation
 from .site import observer_sites
 from .stream import run_calibration_batches
 
@@ -52,10 +53,11 @@ def _stream(gm: fx.GraphModule, ctx, sites) -> int:
         return run_calibration_batches(gm, ctx, "calibrate")
 
 
-def _choose_qparams(sites, method: str, symmetric: bool) -> None:
+def _choose_qparams(sites, method: str, symmetric: bool, options) -> None:
     for node, site in sites:
         lo, hi = site.observer.range()
-        scale, zero_point = qparams_from_range(lo, hi, symmetric=symmetric)
+        scale, zero_point = constrain_activation(*qparams_from_range(lo, hi, symmetric=symmetric),
+                                                 options)
         update_facts(node, observed=ValueRange(float(lo), float(hi), method),
                      qparams=QParams(scale, zero_point))
 
@@ -76,7 +78,7 @@ def calibrate(gm: fx.GraphModule, ctx, *, method=None, p=None, averaging_constan
     for _, site in sites:
         site.observer = _make(method, knobs, symmetric)
     batches = _stream(gm, ctx, sites)
-    _choose_qparams(sites, method, symmetric)
+    _choose_qparams(sites, method, symmetric, ctx.options)
     ctx.calibration_summary = {"method": method, "knobs": knobs, "batches": batches,
                                "observed_values": len(sites)}
     return PassResult(gm, True, {"batches": batches, "observed": len(sites)})

@@ -1,8 +1,9 @@
-"""gptq: int4 group-wise weights chosen by GPTQ (recipe w4a16-gptq) instead of rounding.
+"""gptq: weight-only codes chosen by GPTQ (recipes w4a16-gptq, w8a16-gptq) instead of rounding.
 
 Collects each linear input's Hessian over the calibration batches, solves every linear's
-codes with gptq_solver, and puts `dequantize_int4(codes, scales, zeros, g)` in front of the
-linear, exactly as insert-qdq does for round-to-nearest (which then leaves it alone).
+codes with gptq_solver, and puts `dequantize_int4(codes, scales, zeros, g)` (int4 groups) or
+`dequantize_w8(codes, scales)` (int8 per channel) in front of the linear, exactly as
+insert-qdq does for round-to-nearest (which then leaves it alone).
 """
 from __future__ import annotations
 
@@ -22,8 +23,18 @@ Q = torch.ops.qcompile
 
 
 def _settings(ctx, damp: float, act_order: bool) -> GptqSettings:
+    bits = 8 if ctx.recipe.weights == "int8-weight-only" else 4
     return GptqSettings(group_size=ctx.options.group_size, symmetric=ctx.options.weight_symmetric,
-                        damp=damp, act_order=act_order)
+                        damp=damp, act_order=act_order, bits=bits)
+
+
+def install_int8_weight(gm, linear: fx.Node, codes, scales) -> None:
+    """Replace the linear's weight by dequantize_w8 of int8 codes and per-row scales."""
+    wq = add_constant(gm, f"{linear.name}_weight_int8", codes, linear)
+    ws = add_constant(gm, f"{linear.name}_weight_scale", scales.reshape(-1), linear)
+    dq = call_before(gm.graph, linear, Q.dequantize_w8.default, (wq, ws),
+                     name=f"{linear.name}_weight_dq")
+    linear.args = (linear.args[0], dq) + tuple(linear.args[2:])
 
 
 def install_int4_weight(gm, linear: fx.Node, codes, scales, zeros, group_size: int) -> None:
@@ -38,7 +49,7 @@ def install_int4_weight(gm, linear: fx.Node, codes, scales, zeros, group_size: i
 
 @register_pass("gptq")
 def gptq(gm: fx.GraphModule, ctx, *, damp=0.01, act_order=False) -> PassResult:
-    """GPTQ int4 weights from calibration Hessians (recipe w4a16-gptq; damp, act-order)."""
+    """GPTQ weights from calibration Hessians (w4a16-gptq, w8a16-gptq; damp, act-order)."""
     if ctx.recipe.weight_solver != "gptq":
         return PassResult(gm, False, {})
     linears = [node for node, kind in quantizable_anchors(gm, ctx) if kind == "linear"]
@@ -49,6 +60,9 @@ def gptq(gm: fx.GraphModule, ctx, *, damp=0.01, act_order=False) -> PassResult:
         for linear in linears:
             weight = constant_value(gm, linear.args[1])
             codes, scales, zeros = gptq_quantize(weight, hessians[linear.args[0]], settings)
-            install_int4_weight(gm, linear, codes, scales, zeros, settings.group_size)
+            if settings.bits == 8:
+                install_int8_weight(gm, linear, codes, scales)
+            else:
+                install_int4_weight(gm, linear, codes, scales, zeros, settings.group_size)
             bar.update()
     return PassResult(gm, bool(linears), {"layers": len(linears)})

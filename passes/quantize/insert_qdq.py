@@ -9,12 +9,14 @@ from qcompile.facts import ChannelQParams, facts_of, update_facts
 from qcompile.graph_edit import add_constant, call_before, constant_value
 from qcompile.quant_math import WEIGHT_QMAX, WEIGHT_QMIN
 from qcompile.weight_ranges import weight_scales
+from qcompile.op_kinds import module_path
 from qcompile.ops import reference
 from qcompile.ops.weight_only import quantize_int4_codes
 from qcompile.registry import PassResult, register_pass
 
 from .gptq import install_int4_weight
 from .plan import quantizable_anchors
+from .scale_profile import constrain_weight_scales, constrained, profile_warning
 from .site import observer_sites
 
 Q = torch.ops.qcompile
@@ -49,12 +51,27 @@ def _quantize_weight_int4(gm: fx.GraphModule, anchor: fx.Node, options) -> None:
     install_int4_weight(gm, anchor, codes, scales, zeros, options.group_size)
 
 
-def _quantize_weight(gm: fx.GraphModule, anchor: fx.Node, method: str,
+def _profiled_scales(weight: torch.Tensor, anchor: fx.Node, ctx) -> torch.Tensor:
+    """The weight's scales by the options' method, under the options' scale profile (with a
+    warning where the profile costs too much; see scale_profile.py)."""
+    free = weight_scales(weight, ctx.options.weight_calibration)
+    if not constrained(ctx.options):
+        return free
+    bound = constrain_weight_scales(free, ctx.options)
+    warning = profile_warning(module_path(anchor) or anchor.name, weight, free, bound)
+    if warning:
+        ctx.warn(warning)
+    return bound
+
+
+def _quantize_weight(gm: fx.GraphModule, anchor: fx.Node, ctx,
                      weight_only: bool = False) -> None:
     """int8 per output channel; `weight_only` dequantizes with dequantize_w8 (w8a16), which
     lowers to qlinear_w8 instead of an integer-activation op."""
+    if isinstance(anchor.args[1], fx.Node) and anchor.args[1].target is Q.dequantize_w8.default:
+        return                                      # already solved (gptq)
     weight = constant_value(gm, anchor.args[1]).detach().float()
-    scales = weight_scales(weight, method)
+    scales = _profiled_scales(weight, anchor, ctx)
     wq = reference.quantize_per_channel(weight, scales, 0, WEIGHT_QMIN, WEIGHT_QMAX)
     wq_node = add_constant(gm, f"{anchor.name}_weight_int8", wq, anchor)
     ws_node = add_constant(gm, f"{anchor.name}_weight_scale", scales, anchor)
@@ -77,8 +94,7 @@ def insert_qdq(gm: fx.GraphModule, ctx) -> PassResult:
         if ctx.recipe.weights == "int4-group":
             _quantize_weight_int4(gm, anchor, ctx.options)
         elif kind in ("linear", "conv2d"):
-            _quantize_weight(gm, anchor, ctx.options.weight_calibration,
-                             weight_only=ctx.recipe.weights == "int8-weight-only")
+            _quantize_weight(gm, anchor, ctx, weight_only=ctx.recipe.weights == "int8-weight-only")
         else:
             continue
         weights += 1
