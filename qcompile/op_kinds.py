@@ -49,6 +49,12 @@ FLOAT_ONLY = {
     aten.scaled_dot_product_attention.default: "attention", aten.relu.default: "relu",
 }
 
+# Float-only ops that have integer-only (I-BERT) kernels, used under option integer_only.
+INTEGER_ONLY_KINDS = {
+    aten.softmax.int: "softmax", aten._softmax.default: "softmax",
+    aten.layer_norm.default: "layernorm", aten.gelu.default: "gelu",
+}
+
 # Nodes that compute nothing worth reporting (indexing into tuples, symbolic sizes).
 BOOKKEEPING = {operator.getitem, aten.sym_size.int}
 

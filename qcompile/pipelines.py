@@ -1,7 +1,11 @@
 """Every target's default pipeline, in one place."""
 from __future__ import annotations
 
-QUANTIZE = "canonicalize,fuse,methods,observe,calibrate,insert-qdq,lower-int8,cleanup"
+# integer-only-observe and integer-only do nothing unless option integer_only is set
+QUANTIZE = (
+    "canonicalize,fuse,methods,observe,integer-only-observe,calibrate,insert-qdq,integer-only,"
+    "lower-int8,cleanup"
+)
 
 DEFAULT_PIPELINES: dict[str, str] = {
     "reference": QUANTIZE,

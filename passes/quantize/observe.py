@@ -10,7 +10,8 @@ from .plan import observation_points, plan
 from .site import ObserverSite
 
 
-def _insert_site(gm: fx.GraphModule, value: fx.Node) -> fx.Node:
+def observe_value(gm: fx.GraphModule, value: fx.Node) -> fx.Node:
+    """An observer site after `value`; every other user of `value` now reads the site."""
     name = f"obs_{value.name}"
     gm.add_submodule(name, ObserverSite(value.name))
     with gm.graph.inserting_after(value):
@@ -28,5 +29,5 @@ def observe(gm: fx.GraphModule, ctx) -> PassResult:
         return PassResult(gm, False, {"anchors": len(anchors), "observed": 0})
     points = observation_points(anchors, needed)
     for value in points:
-        _insert_site(gm, value)
+        observe_value(gm, value)
     return PassResult(gm, bool(points), {"anchors": len(anchors), "observed": len(points)})

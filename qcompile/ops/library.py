@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from qcompile.ops import float_out, fp8, lowp, reference, weight_only
+from qcompile.ops import float_out, fp8, integer_only, lowp, reference, weight_only
 
 Tensor = torch.Tensor
 
@@ -18,6 +18,7 @@ OP_NAMES = (
 FLOAT_OUT_OP_NAMES = ("qlinear_f32", "qconv2d_f32", "qmatmul_f32")
 
 FP8_OP_NAMES = ("quantize_fp8", "linear_fp8", "matmul_fp8", "conv2d_fp8")
+INTEGER_ONLY_OP_NAMES = ("i_softmax", "i_layernorm", "i_gelu", "i_add", "i_linear")
 # module -> the names of its reference kernels registered as qcompile::<name>
 _KERNELS = (
     (reference, OP_NAMES),
@@ -25,6 +26,7 @@ _KERNELS = (
     (weight_only, ("qlinear_w4", "qlinear_w8", "dequantize_w8", "dequantize_int4")),
     (lowp, ("linear_lowp", "matmul_lowp", "conv2d_lowp")),
     (fp8, FP8_OP_NAMES),
+    (integer_only, INTEGER_ONLY_OP_NAMES),
 )
 OPS = {
     name: torch.library.custom_op(f"qcompile::{name}", getattr(module, name), mutates_args=())
@@ -120,6 +122,33 @@ def _qcat_fake(tensors, dim):
 @OPS["qclamp"].register_fake
 def _qclamp_fake(x, qmin, qmax):
     return _like(x, torch.int8)
+
+
+@OPS["i_softmax"].register_fake
+def _i_softmax_fake(q, in_zp, in_multiplier, in_shift, out_multiplier, out_shift, out_zp, qmin,
+                    qmax, dim=-1, mask: Optional[Tensor] = None):
+    return _like(q, torch.int8)
+
+
+@OPS["i_gelu"].register_fake
+def _i_gelu_fake(q, in_zp, in_multiplier, in_shift, out_multiplier, out_shift, out_zp, qmin,
+                 qmax):
+    return _like(q, torch.int8)
+
+
+@OPS["i_layernorm"].register_fake
+def _i_layernorm_fake(x, in_zp, gamma, beta, eps, multiplier, shift, out_zp, qmin, qmax):
+    return _like(x, torch.int8)
+
+
+@OPS["i_linear"].register_fake
+def _i_linear_fake(x, x_zp, w, bias: Optional[Tensor], multiplier, shift):
+    return x.new_empty((*x.shape[:-1], w.shape[0]), dtype=torch.int32)
+
+
+@OPS["i_add"].register_fake
+def _i_add_fake(a, a_zp, a_multiplier, b, b_zp, b_multiplier, shift):
+    return a.new_empty(torch.broadcast_shapes(a.shape, b.shape), dtype=torch.int32)
 
 
 @OPS["qlinear_dynamic"].register_fake
