@@ -1,6 +1,8 @@
 """AWQ: scales searched on calibration rows; exact in float; better than rounding alone."""
 import warnings
 
+import pytest
+
 import torch
 
 import qcompile
@@ -27,43 +29,28 @@ def test_search_prefers_scaling_when_channels_are_salient():
     assert scaled < plain
 
 
-def test_awq_pass_is_exact_in_float_and_beats_rtn():
-    torch.manual_seed(2)
+@pytest.mark.parametrize("bits", ["w4", "w8"])
+def test_awq_pass_is_exact_in_float_and_beats_rtn(bits):
+    torch.manual_seed(2 if bits == "w4" else 5)
     model = torch.nn.Sequential(torch.nn.LayerNorm(64), torch.nn.Linear(64, 64),
                                 torch.nn.GELU(), torch.nn.Linear(64, 8)).eval()
     with torch.no_grad():
-        model[0].weight[:4] = 25.0
+        model[0].weight[:4] = 25.0 if bits == "w4" else 60.0
     batches = [torch.randn(32, 64) for _ in range(4)]
     x = torch.randn(64, 64)
+    options = {"group_size": 32} if bits == "w4" else {"weight_calibration": "minmax"}
+    lowered = torch.ops.qcompile.qlinear_w4 if bits == "w4" else torch.ops.qcompile.qlinear_w8
     results = {}
-    for recipe in ("w4a16-rtn", "w4a16-awq"):
+    for solver in ("rtn", "awq"):
         cm = qcompile.compile(model, example_inputs=(batches[0],), calibration_data=batches,
-                              recipe=recipe, options={"group_size": 32})
+                              recipe=f"{bits}a16-{solver}", options=options)
+        assert [n.target for n in cm.graph.graph.nodes].count(lowered.default) == 2
         with torch.no_grad():
-            results[recipe] = sqnr_db(model(x), cm(x))
-        if recipe == "w4a16-awq":
+            results[solver] = sqnr_db(model(x), cm(x))
+        if solver == "awq" and bits == "w4":
             awq = next(p for p in cm.report.passes if p.name == "awq")
             assert awq.changed and awq.sqnr_db > 80       # scaling alone changes nothing
-    assert results["w4a16-awq"] > results["w4a16-rtn"]
-
-
-def test_w8a16_awq_scales_salient_channels_and_lowers_to_qlinear_w8():
-    torch.manual_seed(5)
-    model = torch.nn.Sequential(torch.nn.LayerNorm(64), torch.nn.Linear(64, 64),
-                                torch.nn.GELU(), torch.nn.Linear(64, 8)).eval()
-    with torch.no_grad():
-        model[0].weight[:4] = 60.0
-    batches = [torch.randn(32, 64) for _ in range(4)]
-    x = torch.randn(64, 64)
-    results = {}
-    for recipe in ("w8a16-rtn", "w8a16-awq"):
-        cm = qcompile.compile(model, example_inputs=(batches[0],), calibration_data=batches,
-                              recipe=recipe, options={"weight_calibration": "minmax"})
-        ops = [n.target for n in cm.graph.graph.nodes]
-        assert ops.count(torch.ops.qcompile.qlinear_w8.default) == 2
-        with torch.no_grad():
-            results[recipe] = sqnr_db(model(x), cm(x))
-    assert results["w8a16-awq"] >= results["w8a16-rtn"]
+    assert results["awq"] >= results["rtn"] if bits == "w8" else results["awq"] > results["rtn"]
 
 
 def test_int8_rounding_is_per_row_symmetric():

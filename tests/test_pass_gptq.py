@@ -41,22 +41,25 @@ def test_output_error_below_rounding_on_correlated_inputs(act_order, symmetric):
     assert gptq_error < 0.8 * rtn_error
 
 
-def test_recipe_compiles_and_beats_rtn_end_to_end():
-    torch.manual_seed(2)
+@pytest.mark.parametrize("bits", ["w4", "w8"])
+def test_recipe_compiles_and_beats_rtn_end_to_end(bits):
+    torch.manual_seed(2 if bits == "w4" else 4)
     mixing = torch.randn(64, 64) * 0.5 + torch.eye(64)
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(),
                                 torch.nn.Linear(64, 16)).eval()
     batches = [torch.randn(32, 64) @ mixing for _ in range(4)]
     x = torch.randn(64, 64) @ mixing
+    options = {"group_size": 32} if bits == "w4" else {"weight_calibration": "minmax"}
+    lowered = torch.ops.qcompile.qlinear_w4 if bits == "w4" else torch.ops.qcompile.qlinear_w8
     errors = {}
-    for recipe in ("w4a16-rtn", "w4a16-gptq"):
+    for solver in ("rtn", "gptq"):
         cm = qcompile.compile(model, example_inputs=(batches[0],), calibration_data=batches,
-                              recipe=recipe, options={"group_size": 32})
+                              recipe=f"{bits}a16-{solver}", options=options)
         ops = [n.target for n in cm.graph.graph.nodes]
-        assert ops.count(torch.ops.qcompile.qlinear_w4.default) == 2
+        assert ops.count(lowered.default) == 2
         with torch.no_grad():
-            errors[recipe] = qcompile.instruments.sqnr_db(model(x), cm(x))
-    assert errors["w4a16-gptq"] > errors["w4a16-rtn"]
+            errors[solver] = qcompile.instruments.sqnr_db(model(x), cm(x))
+    assert errors["gptq"] > errors["rtn"]
 
 
 def test_int8_rows_beat_rounding_and_stay_in_range():
@@ -72,21 +75,3 @@ def test_int8_rows_beat_rounding_and_stay_in_range():
     rtn = torch.clamp(torch.round(w / rtn_scales), -127, 127) * rtn_scales
     gptq_error = (x @ (codes.float() * scales - w).T).pow(2).mean()
     assert gptq_error < 0.8 * (x @ (rtn - w).T).pow(2).mean()
-
-
-def test_w8a16_gptq_recipe_lowers_to_qlinear_w8_and_beats_rtn():
-    torch.manual_seed(4)
-    mixing = torch.randn(64, 64) * 0.5 + torch.eye(64)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(),
-                                torch.nn.Linear(64, 16)).eval()
-    batches = [torch.randn(32, 64) @ mixing for _ in range(4)]
-    x = torch.randn(64, 64) @ mixing
-    errors = {}
-    for recipe in ("w8a16-rtn", "w8a16-gptq"):
-        cm = qcompile.compile(model, example_inputs=(batches[0],), calibration_data=batches,
-                              recipe=recipe, options={"weight_calibration": "minmax"})
-        ops = [n.target for n in cm.graph.graph.nodes]
-        assert ops.count(torch.ops.qcompile.qlinear_w8.default) == 2
-        with torch.no_grad():
-            errors[recipe] = qcompile.instruments.sqnr_db(model(x), cm(x))
-    assert errors["w8a16-gptq"] > errors["w8a16-rtn"]
