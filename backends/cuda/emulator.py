@@ -262,6 +262,22 @@ def run_executable(cmd: list[str], what: str) -> subprocess.CompletedProcess:
         raise EmulatedRunError(f"{what} did not finish in {RUN_TIMEOUT_S} s") from exc
 
 
+def run_sanitized(driver_source: str, sanitizer: str, problem: bytes, what: str) -> bytes:
+    """Build `driver_source` (a main reading a problem file, writing the output file) with
+    -fsanitize=`sanitizer`, run it on `problem` and return the output bytes; a sanitizer
+    report or a failed run raises EmulatedRunError carrying the log."""
+    exe = build(driver_source, executable=True, sanitizer=sanitizer)
+    with tempfile.TemporaryDirectory(prefix="qc-emu-") as tmp:
+        src, dst = Path(tmp, "problem.bin"), Path(tmp, "y.bin")
+        src.write_bytes(problem)
+        done = run_executable([str(exe), str(src), str(dst)], f"the {sanitizer}-sanitized {what}")
+        if done.returncode != 0:
+            log = done.stdout + done.stderr
+            raise EmulatedRunError(f"the {sanitizer}-sanitized {what} exited with "
+                                   f"{done.returncode}:\n{log[-4000:]}", log)
+        return dst.read_bytes()
+
+
 @functools.lru_cache(maxsize=None)
 def sanitizer_unavailable_reason(sanitizer: str) -> Optional[str]:
     """None when g++ can build and run a threaded program under `sanitizer`, else why not."""
@@ -295,14 +311,6 @@ def gemm_int8_sanitized(sanitizer: str, x, x_zp, w, bias, multiplier, shift, out
     """
     _kernel_name(tile)
     tensors, scalars = _gemm_problem(x, x_zp, w, bias, multiplier, shift, out_zp, qmin, qmax)
-    exe = build(GEMM_DRIVER, executable=True, sanitizer=sanitizer)
-    with tempfile.TemporaryDirectory(prefix="qc-emu-") as tmp:
-        src, dst = Path(tmp, "problem.bin"), Path(tmp, "y.bin")
-        src.write_bytes(_problem_bytes(tensors, scalars, tile))
-        done = run_executable([str(exe), str(src), str(dst)], f"the {sanitizer}-sanitized GEMM")
-        if done.returncode != 0:
-            log = done.stdout + done.stderr
-            raise EmulatedRunError(f"the {sanitizer}-sanitized GEMM exited with "
-                                   f"{done.returncode}:\n{log[-4000:]}", log)
-        y = torch.frombuffer(bytearray(dst.read_bytes()), dtype=torch.int8)
+    out = run_sanitized(GEMM_DRIVER, sanitizer, _problem_bytes(tensors, scalars, tile), "GEMM")
+    y = torch.frombuffer(bytearray(out), dtype=torch.int8)
     return y.reshape(*x.shape[:-1], scalars[1])

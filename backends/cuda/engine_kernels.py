@@ -14,7 +14,8 @@ from pathlib import Path
 from . import nvrtc
 
 KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
-ENGINE_SOURCE = '#include "gemm_int8.cuh"\n'
+ENGINE_SOURCE = "".join(f'#include "{name}"\n' for name in (
+    "gemm_int8.cuh", "conv_int8.cuh", "elementwise.cuh", "pool.cuh"))
 PROGRAM = "qcompile_engine"
 
 
@@ -32,6 +33,13 @@ KERNELS = {
                                      168, 48 * 1024),
     "qc_gemm_int8_128x128": KernelSpec("qc_gemm_int8_128x128", 256, ("IMMA", "LDSM", "LDGSTS"),
                                        255, 48 * 1024),
+    "qc_conv2d_int8_implicit": KernelSpec("qc_conv2d_int8_implicit", 128,
+                                          ("IMMA", "LDSM", "LDGSTS"), 168, 48 * 1024),
+    "qc_depthwise_conv2d_int8": KernelSpec("qc_depthwise_conv2d_int8", 256, (), 64, 0),
+    **{name: KernelSpec(name, 256, (), 64, 0) for name in (
+        "qc_requantize", "qc_qadd", "qc_qclamp", "qc_quantize", "qc_dequantize",
+        "qc_qmax_pool2d", "qc_qavg_pool2d")},
+    "qc_qmean": KernelSpec("qc_qmean", 256, ("BAR",), 64, 2048),
 }
 GEMM_TILES = {"64x64": "qc_gemm_int8_64x64", "128x128": "qc_gemm_int8_128x128"}
 

@@ -14,7 +14,7 @@ import torch
 from ..errors import BackendError, QCompileWarning
 
 LIBRARY_TENSOR = "__backend__.library"
-_DETERMINISTIC_INFO = ("path", "key", "tiles", "versions")
+_DETERMINISTIC_INFO = ("path", "key", "tiles", "versions", "arch", "tactics", "emulate")
 
 
 def library_entry(runner) -> tuple[dict, dict]:

@@ -8,7 +8,7 @@ import torch.fx as fx
 from torch.utils import _pytree as pytree
 
 from ..capture import InputSpec
-from ..errors import ArtifactError, QCompileWarning
+from ..errors import ArtifactError, BackendError, QCompileWarning
 from ..graph_edit import constant_value
 from .backend_library import library_entry, runner_for
 from .container import read_container, write_container
@@ -94,6 +94,10 @@ def load_compiled(path: str):
     specs = tuple(InputSpec(n, _DTYPE_NAMES[d], tuple(shape)) for n, d, shape in header["input_specs"])
     examples = tuple(torch.zeros([2 if d is None else d for d in s.shape], dtype=s.dtype)
                      for s in specs)
-    runner = runner_for(target.backend(), gm, header, library, examples, path)
+    try:
+        runner = runner_for(target.backend(), gm, header, library, examples, path)
+    except BackendError as err:
+        raise ArtifactError(f"{path} was built for target '{target.name}', which cannot run "
+                            f"here: {err}") from err
     return CompiledModel(gm, runner, report_from_dict(header["report"]), target.name,
                          resolve_recipe(header["recipe"]), specs)
