@@ -58,7 +58,7 @@ def compile(model, target: str = "reference", example_inputs=None, calibration_d
     """Quantize and compile `model` for `target`. See DESIGN.md for every argument."""
     _load_builtin_passes()
     tgt = get_target(target)
-    resolved = resolve_recipe(recipe, options)
+    resolved = tgt.fit(resolve_recipe(recipe, options))
     args = normalize_inputs(example_inputs)
     from .qat import QATModel, compile_qat
     if isinstance(model, QATModel):
@@ -81,7 +81,29 @@ def compile(model, target: str = "reference", example_inputs=None, calibration_d
 
 def compile_captured(captured, tgt, resolved, args, calibration_data, pipeline: str,
                      dump_dir: str | None) -> CompiledModel:
-    """Run `pipeline` on a captured graph, build it for `tgt`, and report."""
+    """Run `pipeline` on a captured graph, build it for `tgt`, and report (or, with option
+    compile_cache, load the result of an identical earlier compile)."""
+    key = None
+    if resolved.options.compile_cache and resolved.options.cache and dump_dir is None:
+        from . import compile_cache
+        if calibration_data is not None:
+            calibration_data = ReplayableBatches(calibration_data)
+        calibration = calibration_data if calibration_data is not None else [args]
+        key = compile_cache.compile_key(captured, tgt.name, resolved, pipeline, calibration)
+        hit = compile_cache.lookup(resolved.options, key) if key else None
+        if hit is not None and hit.target == tgt.name:
+            hit.report.build = {**hit.report.build, "compile_cache": "hit"}
+            return hit
+    compiled = _compile_fresh(captured, tgt, resolved, args, calibration_data, pipeline,
+                              dump_dir)
+    if key is not None:
+        from . import compile_cache
+        compile_cache.store(resolved.options, key, compiled)
+    return compiled
+
+
+def _compile_fresh(captured, tgt, resolved, args, calibration_data, pipeline: str,
+                   dump_dir: str | None) -> CompiledModel:
     ctx = PassContext(target=tgt.name, recipe=resolved, example_inputs=args,
                       input_specs=captured.input_specs)
     ctx.calibration_data = _calibration(calibration_data, args, ctx.warn)

@@ -10,6 +10,7 @@ from .mixed_precision import check_budget
 
 CALIBRATION_METHODS = ("minmax", "moving-average", "percentile", "mse", "entropy")
 FP8_FORMATS = ("e4m3", "e5m2")
+KV_CACHE_MODES = ("int8-per-head", "int8-per-token", "fp8")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class QuantOptions:
     cache: reuse (and fill) the on-disk tuning database and compiled-library cache
     cache_dir: where those live (default $QCOMPILE_CACHE_DIR, else ~/.cache/qcompile)
     profile: after the build, time every kernel on the example inputs (report.kernel_times)
+    compile_cache: keep the whole compiled model on disk (beside the library cache) keyed by
+        graph, weights, calibration data, target, pipeline, options and qcompile's sources;
+        an identical compile then loads it instead of calibrating and building again
 
     Integer-only and NPU profile options (target npu-int8 sets integer_only):
     integer_only: softmax, layernorm and GELU as integer ops (I-BERT style), no float island
@@ -52,6 +56,8 @@ class QuantOptions:
     arch: build the engine for this GPU architecture ("sm_80", "sm_86", "sm_89", "sm_90")
         without a GPU (heuristic tactics, tuned on first use)
     emulate: run the engine's kernels on the CPU through the emulation layer (slow; tests)
+    fallback: ops without an engine kernel run their reference kernel in torch (listed in
+        the report with the reason); False: such an op is a BackendError naming the node
 
     Accuracy options (see qcompile/mixed_precision.py):
     budget: {"metric": "sqnr" | "cosine" | fn, "min": threshold, "data": batches}: keep the
@@ -62,6 +68,8 @@ class QuantOptions:
     equalize: cross-layer equalization of consecutive conv/linear weights (pass equalize)
     bias_correction: subtract the expected output error of int8 weight rounding from each
         conv/linear bias, using calibration input means (pass bias-correction)
+    kv_cache: quantize the KV cache at its writes (pass quantize-kv-cache): None,
+        "int8-per-head", "int8-per-token" or "fp8" (E4M3, per-head scale)
     """
     calibration: str = "mse"
     alpha: float = 0.5
@@ -83,6 +91,7 @@ class QuantOptions:
     cache: bool = True
     cache_dir: str | None = None
     profile: bool = False
+    compile_cache: bool = False
     budget: Any = None
     sensitivity: bool = False
     equalize: bool = False
@@ -93,6 +102,8 @@ class QuantOptions:
     arena_limit: int | None = None
     arch: str | None = None
     emulate: bool = False
+    fallback: bool = True
+    kv_cache: str | None = None
 
     def calibration_knobs(self) -> dict[str, Any]:
         return dict(self.calibration_options)
@@ -226,6 +237,9 @@ def _check(options: QuantOptions) -> None:
     if options.fp8_format not in FP8_FORMATS:
         raise RecipeError(f"unknown fp8_format {options.fp8_format!r}; "
                           f"valid: {', '.join(FP8_FORMATS)}")
+    if options.kv_cache is not None and options.kv_cache not in KV_CACHE_MODES:
+        raise RecipeError(f"unknown kv_cache {options.kv_cache!r}; "
+                          f"valid: None, {', '.join(KV_CACHE_MODES)}")
     if options.cpu_path not in CPU_PATHS:
         raise RecipeError(f"unknown cpu_path {options.cpu_path!r}; valid: {', '.join(CPU_PATHS)}")
     if options.tune_trials < 0 or options.tune_seconds < 0:
