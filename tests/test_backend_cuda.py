@@ -158,3 +158,21 @@ def test_emulated_cnn_equals_reference(tmp_path):
             "qc_qmax_pool2d"} <= kernels, kernels
     for (x,) in data:
         assert torch.equal(compiled["cuda-int8"](x), compiled["reference"](x))
+
+
+def test_emulated_integer_only_encoder_equals_reference(tmp_path):
+    from tiny_models import EncoderBlock, encoder_inputs
+    model = EncoderBlock(dim=32, heads=2).eval()
+    calibration = [encoder_inputs(seed) for seed in range(1, 4)]
+    x = encoder_inputs(7)
+    common = {"integer_only": True}
+    ref = qcompile.compile(model, target="reference", example_inputs=x,
+                           calibration_data=calibration, options=common)
+    cm = qcompile.compile(model, target="cuda-int8", example_inputs=x,
+                          calibration_data=calibration,
+                          options={**common, "emulate": True, "cache_dir": str(tmp_path)})
+    kernels = {n.meta["qc"].kernel.name for n in cm.graph.graph.nodes
+               if n.meta.get("qc") is not None and n.meta["qc"].kernel is not None}
+    assert {"qc_i_softmax", "qc_i_layernorm", "qc_i_gelu"} <= kernels, kernels
+    assert any(k.startswith("qc_qmatmul_int8") for k in kernels), kernels
+    assert torch.equal(cm(*x), ref(*x))

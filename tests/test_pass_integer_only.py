@@ -1,11 +1,9 @@
 """integer-only (with integer-only-observe): softmax, layer_norm and GELU islands become
 I-BERT integer ops; a transformer block and MiniLM keep no float island."""
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import qcompile
 from qcompile.dump import format_graph
@@ -13,43 +11,15 @@ from qcompile.errors import LoweringError
 from qcompile.facts import facts_of
 from qcompile.pipelines import QUANTIZE
 
+from tiny_models import EncoderBlock as Block
+from tiny_models import encoder_inputs as _inputs
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 Q, aten = torch.ops.qcompile, torch.ops.aten
 INTEGER_OPS = {Q.i_softmax.default, Q.i_layernorm.default, Q.i_gelu.default,
                Q.i_add.default, Q.i_linear.default}
 FLOAT_ISLAND_OPS = {aten.softmax.int, aten._softmax.default, aten.layer_norm.default,
                     aten.gelu.default}
-
-
-class Block(nn.Module):
-    """A post-LN transformer encoder block with an additive attention mask."""
-
-    def __init__(self, dim=32, heads=4, scale_factor=None, gelu="none"):
-        super().__init__()
-        self.heads = heads
-        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
-        self.proj, self.ln1 = nn.Linear(dim, dim), nn.LayerNorm(dim)
-        self.fc1, self.fc2, self.ln2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim), \
-            nn.LayerNorm(dim)
-        self.factor = scale_factor or 1 / math.sqrt(dim // heads)
-        self.gelu = gelu
-
-    def forward(self, x, mask):
-        b, t, d = x.shape
-        q, k, v = (f(x).view(b, t, self.heads, -1).transpose(1, 2)
-                   for f in (self.q, self.k, self.v))
-        bias = torch.where(mask[:, None, None, :], torch.zeros(()), -3.4e38)
-        scores = torch.matmul(q, k.transpose(-1, -2)) * self.factor + bias
-        ctx = torch.matmul(torch.softmax(scores, -1), v).transpose(1, 2).reshape(b, t, d)
-        h = self.ln1(self.proj(ctx) + x)
-        return self.ln2(self.fc2(F.gelu(self.fc1(h), approximate=self.gelu)) + h)
-
-
-def _inputs(seed=0, batch=2, tokens=6, dim=32):
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(batch, tokens, dtype=torch.bool)
-    mask[0, -2:] = False
-    return torch.randn(batch, tokens, dim, generator=g), mask
 
 
 def _calibration(count=4):

@@ -5,8 +5,11 @@ so a test file imports it as `from tiny_models import MLP`.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class MLP(nn.Module):
@@ -63,3 +66,35 @@ class ConvFcOuter(nn.Module):
     def forward(self, x):
         y = self.fc(torch.relu(self.conv(x)).flatten(1))
         return torch.matmul(y.unsqueeze(-1), y.unsqueeze(-2))
+
+
+class EncoderBlock(nn.Module):
+    """A post-LN transformer encoder block with an additive attention mask."""
+
+    def __init__(self, dim=32, heads=4, scale_factor=None, gelu="none"):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.proj, self.ln1 = nn.Linear(dim, dim), nn.LayerNorm(dim)
+        self.fc1, self.fc2, self.ln2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim), \
+            nn.LayerNorm(dim)
+        self.factor = scale_factor or 1 / math.sqrt(dim // heads)
+        self.gelu = gelu
+
+    def forward(self, x, mask):
+        b, t, d = x.shape
+        q, k, v = (f(x).view(b, t, self.heads, -1).transpose(1, 2)
+                   for f in (self.q, self.k, self.v))
+        bias = torch.where(mask[:, None, None, :], torch.zeros(()), -3.4e38)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.factor + bias
+        ctx = torch.matmul(torch.softmax(scores, -1), v).transpose(1, 2).reshape(b, t, d)
+        h = self.ln1(self.proj(ctx) + x)
+        return self.ln2(self.fc2(F.gelu(self.fc1(h), approximate=self.gelu)) + h)
+
+
+def encoder_inputs(seed=0, batch=2, tokens=6, dim=32):
+    """(x, mask) for EncoderBlock: the last two tokens of the first row masked."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch, tokens, dtype=torch.bool)
+    mask[0, -2:] = False
+    return torch.randn(batch, tokens, dim, generator=g), mask

@@ -42,8 +42,8 @@ class _EngineInterpreter(fx.Interpreter):
         step = self.owned.get(n.name)
         if step is None:
             return super().run_node(n)
-        args, _ = self.fetch_args_kwargs_from_env(n)
-        return self.executor.run(step, self.engine.tactics.get(n.name), tuple(args))
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        return self.executor.run(step, self.engine.tactics.get(n.name), tuple(args), kwargs)
 
 
 class EngineRunner:

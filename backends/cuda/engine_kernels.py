@@ -15,7 +15,7 @@ from . import nvrtc
 
 KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
 ENGINE_SOURCE = "".join(f'#include "{name}"\n' for name in (
-    "gemm_int8.cuh", "conv_int8.cuh", "elementwise.cuh", "pool.cuh"))
+    "gemm_int8.cuh", "conv_int8.cuh", "elementwise.cuh", "pool.cuh", "transformer.cuh"))
 PROGRAM = "qcompile_engine"
 
 
@@ -40,6 +40,13 @@ KERNELS = {
         "qc_requantize", "qc_qadd", "qc_qclamp", "qc_quantize", "qc_dequantize",
         "qc_qmax_pool2d", "qc_qavg_pool2d")},
     "qc_qmean": KernelSpec("qc_qmean", 256, ("BAR",), 64, 2048),
+    **{name: KernelSpec(name, 128, ("IMMA", "LDSM", "LDGSTS"), 168, 48 * 1024)
+       for name in ("qc_qmatmul_int8", "qc_i_linear")},
+    **{name: KernelSpec(name, 256, (), 64, 4096)
+       for name in ("qc_qmatmul_int8_simt", "qc_i_linear_simt")},
+    **{name: KernelSpec(name, 128, ("SHFL",), 64, 1024) for name in ("qc_i_softmax",
+                                                                     "qc_i_layernorm")},
+    **{name: KernelSpec(name, 256, (), 64, 0) for name in ("qc_i_gelu", "qc_i_add")},
 }
 GEMM_TILES = {"64x64": "qc_gemm_int8_64x64", "128x128": "qc_gemm_int8_128x128"}
 

@@ -19,11 +19,20 @@ def _emulated_kernels() -> dict:
                "qc_qclamp": ops.qclamp_emulated, "qc_quantize": ops.quantize_emulated,
                "qc_dequantize": ops.dequantize_emulated, "qc_qmax_pool2d": ops.qmax_pool2d_emulated,
                "qc_qavg_pool2d": ops.qavg_pool2d_emulated, "qc_qmean": ops.qmean_emulated}
-    kernels = {name: (lambda fn: lambda tile, args: fn(*args))(fn) for name, fn in by_args.items()}
-    kernels["gemm_int8"] = lambda tile, args: emulator.gemm_int8_emulated(*args, tile=tile)
+    from . import emulator_transformer as tr
     from .emulator_conv import conv2d_int8_emulated
-    for name in ("qc_conv2d_int8_implicit", "qc_depthwise_conv2d_int8"):
-        kernels[name] = lambda tile, args: conv2d_int8_emulated(*args)
+    by_args.update({"qc_conv2d_int8_implicit": conv2d_int8_emulated,
+                    "qc_depthwise_conv2d_int8": conv2d_int8_emulated,
+                    "qc_qmatmul_int8": tr.qmatmul_emulated,
+                    "qc_qmatmul_int8_simt": tr.qmatmul_emulated,
+                    "qc_i_linear": tr.i_linear_emulated, "qc_i_linear_simt": tr.i_linear_emulated,
+                    "qc_i_softmax": tr.i_softmax_emulated,
+                    "qc_i_layernorm": tr.i_layernorm_emulated, "qc_i_gelu": tr.i_gelu_emulated,
+                    "qc_i_add": tr.i_add_emulated})
+    kernels = {name: (lambda fn: lambda tile, args, kwargs: fn(*args, **kwargs))(fn)
+               for name, fn in by_args.items()}
+    kernels["gemm_int8"] = lambda tile, args, kwargs: emulator.gemm_int8_emulated(
+        *args, **kwargs, tile=tile)
     return kernels
 
 
@@ -35,8 +44,8 @@ class EmulatedExecutor:
     def __init__(self):
         self.kernels = _emulated_kernels()
 
-    def run(self, step: Step, tile: str | None, args: tuple):
-        return self.kernels[step.kernel](tile, args)
+    def run(self, step: Step, tile: str | None, args: tuple, kwargs: dict | None = None):
+        return self.kernels[step.kernel](tile, args, kwargs or {})
 
 
 class CrossBuiltExecutor:
@@ -47,7 +56,7 @@ class CrossBuiltExecutor:
     def __init__(self, arch: str, reason: str):
         self.arch, self.reason = arch, reason
 
-    def run(self, step: Step, tile: str | None, args: tuple):
+    def run(self, step: Step, tile: str | None, args: tuple, kwargs: dict | None = None):
         raise BackendError(f"this engine was built for {self.arch} and needs that GPU to run "
                            f"({self.reason}); load it on a {self.arch} GPU, or compile with "
                            "options={'emulate': True} to run its kernels on the CPU")

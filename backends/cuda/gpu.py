@@ -71,12 +71,12 @@ class GpuExecutor:
         self._gemm_launch(tile, x_dev, w, bias, multiplier, shift, y_dev, scalars)
         return self._download(y_dev, (*x.shape[:-1], n), torch.int8)
 
-    def run(self, step, tile, args):
+    def run(self, step, tile, args, kwargs=None):
         """The GEMM on the GPU; kernels without a GPU launcher yet run the op's reference
         kernel on the host (same integers)."""
-        if step.kernel == "gemm_int8":
+        if step.kernel == "gemm_int8" and not kwargs:
             return self.gemm(tile, *args)
-        return getattr(torch.ops.qcompile, step.op)(*args)
+        return getattr(torch.ops.qcompile, step.op)(*args, **(kwargs or {}))
 
     def time_gemm(self, tile: str, shape: tuple[int, int, int], repeats: int = 20) -> float:
         """Microseconds per launch of the `tile` GEMM on random operands of `shape`."""

@@ -97,7 +97,28 @@ def _qconv2d_rule(node: fx.Node) -> Step:
     return Step(node.name, "qconv2d", kernel, reason=why)
 
 
-KERNEL_RULES = {"qlinear": _qlinear_rule, "qconv2d": _qconv2d_rule, "requantize": _elementwise_rule,
+def _tensor_shapes(node: fx.Node) -> list:
+    shapes = [_shape(a) for a in node.args if isinstance(a, fx.Node)]
+    if _op(node) == "i_softmax" and len(shapes) == 1:
+        shapes.append(None)                          # no mask
+    return shapes
+
+
+def _transformer_rule(node: fx.Node) -> Step:
+    from .emulator_transformer import transformer_kernel_for
+    op = _op(node)
+    dim = node.kwargs.get("dim", node.args[9] if op == "i_softmax" and len(node.args) > 9
+                          else -1)
+    kernel, why = transformer_kernel_for(op, _tensor_shapes(node), dim)
+    if kernel is None:
+        raise Unsupported(why)
+    return Step(node.name, op, kernel, reason=why)
+
+
+TRANSFORMER_OPS = ("qmatmul", "i_softmax", "i_layernorm", "i_gelu", "i_linear", "i_add")
+
+KERNEL_RULES = {**{op: _transformer_rule for op in TRANSFORMER_OPS},
+                "qlinear": _qlinear_rule, "qconv2d": _qconv2d_rule, "requantize": _elementwise_rule,
                 "qclamp": _elementwise_rule, "quantize": _elementwise_rule,
                 "dequantize": _elementwise_rule, "qadd": _qadd_rule,
                 "qmax_pool2d": _pool_rule, "qavg_pool2d": _pool_rule, "qmean": _qmean_rule}
