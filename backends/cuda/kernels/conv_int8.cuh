@@ -113,24 +113,17 @@ __device__ __forceinline__ void store_tile(int32_t (*acc)[T::kMmaN][4], const in
                                            const int32_t* shift, int8_t* y, const Geometry& g,
                                            int m0, int n0, int group, int x_zp, int out_zp,
                                            int qmin, int qmax) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int32_t M = g.n * g.oh * g.ow, og = g.o / g.groups;
-  QC_UNROLL
-  for (int i = 0; i < T::kMmaM; ++i)
+  for_each_accumulator<T, WARPS_N>(acc, [&](int tile_row, int tile_col, int32_t value) {
+    const int row = m0 + tile_row;
+    if (row >= M || n0 + tile_col >= og) return;
+    int32_t colsum = 0;
     QC_UNROLL
-    for (int j = 0; j < T::kMmaN; ++j)
-      QC_UNROLL
-      for (int e = 0; e < 4; ++e) {
-        int row = m0 + (warp / WARPS_N) * T::kWarpM + i * 16 + (lane >> 2) + 8 * (e >> 1);
-        int tile_col = (warp % WARPS_N) * T::kWarpN + j * 8 + 2 * (lane & 3) + (e & 1);
-        if (row >= M || n0 + tile_col >= og) continue;
-        int32_t colsum = 0;
-        QC_UNROLL
-        for (int p = 0; p < T::kSumParts; ++p) colsum += sum_parts[tile_col * T::kSumParts + p];
-        int ch = group * og + n0 + tile_col;
-        y[(int64_t)row * g.o + ch] = requantize(acc[i][j][e], bias ? bias[ch] : 0, x_zp, colsum,
-                                                mult[ch], shift[ch], out_zp, qmin, qmax);
-      }
+    for (int p = 0; p < T::kSumParts; ++p) colsum += sum_parts[tile_col * T::kSumParts + p];
+    const int ch = group * og + n0 + tile_col;
+    y[(int64_t)row * g.o + ch] = requantize(value, bias ? bias[ch] : 0, x_zp, colsum, mult[ch],
+                                            shift[ch], out_zp, qmin, qmax);
+  });
 }
 
 /* The implicit-GEMM main loop: gemm_int8_tile's double-buffered cp.async pipeline, with A

@@ -96,6 +96,23 @@ __device__ __forceinline__ int8_t requantize(int32_t dot, int32_t bias, int32_t 
   return (int8_t)y;
 }
 
+/* Calls f(row, col, value) for every accumulator this thread holds after warp_stage_mma,
+ * row and col relative to the block tile: the C/D fragment layout of mma.m16n8k32 (lane / 4
+ * picks the row, 2 * (lane % 4) the column pair; element e adds 8 rows for e >= 2 and one
+ * column for odd e), warps laid out WARPS_N to a row. */
+template <class T, int WARPS_N, class F>
+__device__ __forceinline__ void for_each_accumulator(const int32_t (*acc)[T::kMmaN][4], F f) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  QC_UNROLL
+  for (int i = 0; i < T::kMmaM; ++i)
+    QC_UNROLL
+    for (int j = 0; j < T::kMmaN; ++j)
+      QC_UNROLL
+      for (int e = 0; e < 4; ++e)
+        f((warp / WARPS_N) * T::kWarpM + i * 16 + (lane >> 2) + 8 * (e >> 1),
+          (warp % WARPS_N) * T::kWarpN + j * 8 + 2 * (lane & 3) + (e & 1), acc[i][j][e]);
+}
+
 template <int BM, int BN, int BK, int WARPS_M, int WARPS_N>
 __device__ __forceinline__ void gemm_int8_tile(
     const int8_t* x, const int8_t* w, const int32_t* bias, const int32_t* mult,
@@ -128,23 +145,15 @@ __device__ __forceinline__ void gemm_int8_tile(
   }
   sum_parts[threadIdx.x] = colsum_part;
   __syncthreads();
-  const int lane = threadIdx.x % 32;
-  QC_UNROLL
-  for (int i = 0; i < T::kMmaM; ++i)
+  for_each_accumulator<T, WARPS_N>(acc, [&](int tile_row, int tile_col, int32_t value) {
+    const int row = m0 + tile_row, col = n0 + tile_col;
+    if (row >= M || col >= N) return;
+    int32_t colsum = 0;
     QC_UNROLL
-    for (int j = 0; j < T::kMmaN; ++j)
-      QC_UNROLL
-      for (int e = 0; e < 4; ++e) {
-        int row = m0 + (warp / WARPS_N) * T::kWarpM + i * 16 + (lane >> 2) + 8 * (e >> 1);
-        int tile_col = (warp % WARPS_N) * T::kWarpN + j * 8 + 2 * (lane & 3) + (e & 1);
-        int col = n0 + tile_col;
-        if (row >= M || col >= N) continue;
-        int32_t colsum = 0;
-        QC_UNROLL
-        for (int p = 0; p < T::kSumParts; ++p) colsum += sum_parts[tile_col * T::kSumParts + p];
-        y[(int64_t)row * N + col] = requantize(acc[i][j][e], bias ? bias[col] : 0, x_zp, colsum,
-                                               mult[col], shift[col], out_zp, qmin, qmax);
-      }
+    for (int p = 0; p < T::kSumParts; ++p) colsum += sum_parts[tile_col * T::kSumParts + p];
+    y[(int64_t)row * N + col] = requantize(value, bias ? bias[col] : 0, x_zp, colsum, mult[col],
+                                           shift[col], out_zp, qmin, qmax);
+  });
 }
 
 extern "C" __global__ void __launch_bounds__(128) qc_gemm_int8_64x64(

@@ -122,22 +122,13 @@ __device__ __forceinline__ void mma_epilogue(const int32_t (*acc)[MmaTile::kMmaN
                                              const int32_t* a_parts, const int32_t* b_parts,
                                              int M, int N, int K, int a_zp, int b_zp, int m0,
                                              int n0, const Out& out) {
-  typedef MmaTile T;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t zz = (int64_t)K * a_zp * b_zp;
-  QC_UNROLL
-  for (int i = 0; i < T::kMmaM; ++i)
-    QC_UNROLL
-    for (int j = 0; j < T::kMmaN; ++j)
-      QC_UNROLL
-      for (int e = 0; e < 4; ++e) {
-        int r = (warp / 2) * T::kWarpM + i * 16 + (lane >> 2) + 8 * (e >> 1);
-        int c = (warp % 2) * T::kWarpN + j * 8 + 2 * (lane & 3) + (e & 1);
-        if (m0 + r >= M || n0 + c >= N) continue;
-        int64_t v = (int64_t)acc[i][j][e] - a_zp * tile_row_sum(b_parts, c)
-                    - b_zp * tile_row_sum(a_parts, r) + zz;
-        out(m0 + r, n0 + c, v);
-      }
+  for_each_accumulator<MmaTile, 2>(acc, [&](int r, int c, int32_t value) {
+    if (m0 + r >= M || n0 + c >= N) return;
+    int64_t v = (int64_t)value - a_zp * tile_row_sum(b_parts, c) - b_zp * tile_row_sum(a_parts, r)
+                + zz;
+    out(m0 + r, n0 + c, v);
+  });
 }
 
 template <class Out>
