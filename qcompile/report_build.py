@@ -27,7 +27,11 @@ def build_summary(runner) -> dict:
         summary["tuned_gemm_shapes"] = len(info["tiles"])
     if "key" in info:
         summary["library_key"] = info["key"][:16]
-    summary.update({k: info[k] for k in ("arch", "executor", "memory", "arena") if k in info})
+    summary.update({k: info[k] for k in ("arch", "executor", "memory") if k in info})
+    if "arena_bytes" in info:
+        summary["arena"] = {k: info[k] for k in ("arena_bytes", "naive_activation_bytes",
+                                                 "weight_bytes", "op_count", "c_build_seconds")
+                            if k in info}
     if "fallbacks" in info:
         summary["fallbacks"] = [f"{node} ({op}): {reason}" for node, op, reason in info["fallbacks"]]
     return summary

@@ -10,6 +10,7 @@ loaded: it is deleted with a warning and the library is rebuilt.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -46,6 +47,17 @@ def toolchain_versions() -> dict:
             "tvm_ffi": getattr(tvm_ffi, "__version__", "?")}
 
 
+@functools.lru_cache(maxsize=1)
+def lowering_digest() -> str:
+    """SHA-256 of this backend's own sources: a library built by other converters or
+    schedules (a development tree, a patched install) is not served from the cache."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def _hash_constants(digest, gm: fx.GraphModule) -> None:
     for node in gm.graph.find_nodes(op="get_attr"):
         value = constant_value(gm, node)
@@ -64,7 +76,7 @@ def library_key(gm: fx.GraphModule, example_inputs: tuple, path: str, target, ti
     shapes = [(str(a.dtype), list(a.shape)) if isinstance(a, torch.Tensor) else repr(a)
               for a in example_inputs]
     meta = {"inputs": shapes, "path": path, "target": str(target), "tiles": tiles,
-            "versions": toolchain_versions()}
+            "versions": toolchain_versions(), "lowering": lowering_digest()}
     digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
     return digest.hexdigest()
 

@@ -13,6 +13,7 @@ from qcompile.op_kinds import is_qcompile_op
 
 from . import gemm_kernels
 from . import relax_ops as ops
+from . import relax_ops_integer as integer
 from . import relax_ops_pool as pool
 
 _CONVERTERS = {
@@ -24,6 +25,7 @@ _CONVERTERS = {
     "qmax_pool2d.default": pool._qmax_pool2d, "qavg_pool2d.default": pool._qavg_pool2d,
     "qmean.default": pool._qmean, "qcat.default": pool._qcat, "qclamp.default": pool._qclamp,
     "qlinear_dynamic.default": pool._qlinear_dynamic,
+    **integer.CONVERTERS,
 }
 
 
@@ -57,7 +59,11 @@ def check_supported(gm: fx.GraphModule) -> None:
                                node=node)
 
 
-def _export(gm: fx.GraphModule, example_inputs: tuple):
+def _export(gm: fx.GraphModule, example_inputs: tuple, dynamic_batch: bool = True):
+    if not dynamic_batch:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.export(gm, tuple(example_inputs), strict=False)
     auto = torch.export.Dim.AUTO
     dims = tuple({0: auto} if isinstance(a, torch.Tensor) and a.dim() > 0 else None
                  for a in example_inputs)
@@ -94,16 +100,21 @@ def _bound_values(program) -> dict:
     return out
 
 
-def to_relax(gm: fx.GraphModule, example_inputs: tuple):
-    """The Relax IRModule (function "main") computing the lowered graph."""
+def to_relax(gm: fx.GraphModule, example_inputs: tuple, *, dynamic_batch: bool = True,
+             extra_converters: dict | None = None):
+    """The Relax IRModule (function "main") computing the lowered graph: the batch dimension
+    symbolic unless `dynamic_batch` is False; `extra_converters` (op name -> converter) add
+    to or replace the integer ops' converters (a backend's own forms of some ops)."""
     from tvm.relax.frontend.torch import from_exported_program
     check_supported(gm)
-    program = _export(gm, example_inputs).run_decompositions()
+    program = _export(gm, example_inputs, dynamic_batch).run_decompositions()
     _keep_node_names(gm, program)
     token = _LOWERED.set({n.name: n for n in gm.graph.nodes})
     try:
         with gemm_kernels.bound_constants(_bound_values(program)):
-            return from_exported_program(program, custom_convert_map=CONVERTERS,
+            return from_exported_program(program,
+                                         custom_convert_map={**CONVERTERS,
+                                                             **(extra_converters or {})},
                                          run_ep_decomposition=False)
     except BackendError:
         raise
