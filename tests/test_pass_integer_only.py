@@ -12,6 +12,7 @@ from qcompile.facts import facts_of
 from qcompile.pipelines import QUANTIZE
 
 from tiny_models import EncoderBlock as Block
+from tiny_models import encoder_calibration as _calibration
 from tiny_models import encoder_inputs as _inputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -20,10 +21,6 @@ INTEGER_OPS = {Q.i_softmax.default, Q.i_layernorm.default, Q.i_gelu.default,
                Q.i_add.default, Q.i_linear.default}
 FLOAT_ISLAND_OPS = {aten.softmax.int, aten._softmax.default, aten.layer_norm.default,
                     aten.gelu.default}
-
-
-def _calibration(count=4):
-    return [_inputs(seed) for seed in range(1, count + 1)]
 
 
 def _run(qc, model, integer_only=True):

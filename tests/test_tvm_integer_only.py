@@ -230,7 +230,9 @@ def test_isqrt_fixed_rounds_equal_the_newton_loop(path):
 
 @pytest.mark.parametrize("path", PATHS)
 def test_transformer_block_bit_exact(path):
-    from test_pass_integer_only import Block, _calibration, _inputs
+    from tiny_models import EncoderBlock as Block
+    from tiny_models import encoder_calibration as _calibration
+    from tiny_models import encoder_inputs as _inputs
     torch.manual_seed(0)
     model, x = Block().eval(), _inputs(7)
     kwargs = dict(example_inputs=x, calibration_data=_calibration(8),
@@ -248,7 +250,9 @@ def test_transformer_block_on_npu_int8_c_model():
     """npu-int8 reuses these converters on the generic path: every integer-only op runs in
     its C model (no float kernel, static isqrt), with the reference's integers."""
     pytest.importorskip("qcompile.backends.npu.backend")
-    from test_pass_integer_only import Block, _calibration, _inputs
+    from tiny_models import EncoderBlock as Block
+    from tiny_models import encoder_calibration as _calibration
+    from tiny_models import encoder_inputs as _inputs
     torch.manual_seed(0)
     model, x = Block().eval(), _inputs(7)
     kwargs = dict(example_inputs=x, calibration_data=_calibration(8),

@@ -98,3 +98,8 @@ def encoder_inputs(seed=0, batch=2, tokens=6, dim=32):
     mask = torch.ones(batch, tokens, dtype=torch.bool)
     mask[0, -2:] = False
     return torch.randn(batch, tokens, dim, generator=g), mask
+
+
+def encoder_calibration(count=4):
+    """`count` calibration batches for EncoderBlock."""
+    return [encoder_inputs(seed) for seed in range(1, count + 1)]
