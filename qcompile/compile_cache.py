@@ -49,7 +49,8 @@ def _pass_sources() -> str:
 def _tensor_bytes(digest, t: torch.Tensor) -> None:
     t = t.detach().cpu().contiguous()
     digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    if t.numel():
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def _batches(digest, calibration) -> bool:

@@ -10,8 +10,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    torch.manual_seed(seed)            # BatchNorm: a 0-dim int64 buffer in the state dict
+    return nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                         nn.Linear(32, 4)).eval()
 
 
 def _data(seed=1):

@@ -90,14 +90,85 @@ class RelaxRunner:
         return torch.from_dlpack(out)
 
 
-def as_nhwc(bb, x):
-    """x [n, C, H, W] as NHWC: `src` when x is `permute_dims(src, [0, 3, 1, 2])` (the
-    previous im2col GEMM's output), else a transpose of x."""
+NCHW_FROM_NHWC = (0, 3, 1, 2)
+
+
+def _static_ones(dims) -> bool:
+    import tvm
+    return all(isinstance(d, tvm.tirx.IntImm) and int(d) == 1 for d in dims)
+
+
+def _same_dims(a, b) -> bool:
+    """Whether two shapes (lists of PrimExpr) are the same expressions."""
+    import tvm_ffi
+    return len(a) == len(b) and all(tvm_ffi.structural_equal(p, q) for p, q in zip(a, b))
+
+
+def _dims4(x) -> list | None:
+    """The 4 dims of a Relax tensor x of known 4-D shape; else None."""
+    from tvm import relax
+    ty = getattr(x, "ty", None)
+    if not isinstance(ty, relax.TensorType) or ty.ndim != 4 or ty.shape is None:
+        return None
+    return list(ty.shape.values)
+
+
+def _is_pixel_reshape(src, x) -> bool:
+    """x = reshape(src) with src [n, 1, 1, C] and x [n, C, 1, 1]: the same bytes as the
+    transpose (0, 3, 1, 2) of src."""
+    s, d = _dims4(src), _dims4(x)
+    if s is None or d is None:
+        return False
+    return _static_ones(s[1:3]) and _static_ones(d[2:]) and _same_dims([s[0], s[3]], d[:2])
+
+
+def nhwc_source(bb, x):
+    """The NHWC tensor behind x [n, C, H, W] when x is only a layout view of it:
+    `permute_dims(src, [0, 3, 1, 2])` (a conv kernel's output, or an op computed in NHWC),
+    or the reshape of an [n, 1, 1, C] src; else None."""
     import tvm
     from tvm import relax
     bound = bb.lookup_binding(x) if isinstance(x, relax.Var) else None
-    if (isinstance(bound, relax.Call) and bound.op == tvm.ir.Op.get("relax.permute_dims")
-            and bound.attrs.axes is not None
-            and [int(a) for a in bound.attrs.axes] == [0, 3, 1, 2]):
+    if not isinstance(bound, relax.Call):
+        return None
+    if (bound.op == tvm.ir.Op.get("relax.permute_dims") and bound.attrs.axes is not None
+            and [int(a) for a in bound.attrs.axes] == list(NCHW_FROM_NHWC)):
         return bound.args[0]
+    if bound.op == tvm.ir.Op.get("relax.reshape") and _is_pixel_reshape(bound.args[0], x):
+        return bound.args[0]
+    return None
+
+
+def nhwc_sources(bb, tensors, same_shape: bool = True):
+    """The NHWC sources of `tensors` when every one is 4-D and a layout view of an NHWC
+    tensor (nhwc_source), all of one shape unless `same_shape` is False; else None."""
+    shapes = [_dims4(t) for t in tensors]
+    if not tensors or any(s is None for s in shapes):
+        return None
+    sources = [nhwc_source(bb, t) for t in tensors]
+    if any(s is None for s in sources):
+        return None
+    if same_shape and not all(_same_dims(s, shapes[0]) for s in shapes):
+        return None
+    return sources
+
+
+def to_nchw(bb, y):
+    """The NHWC tensor y [n, H, W, C] as NCHW: a reshape when H = W = 1, else
+    `permute_dims(y, [0, 3, 1, 2])`; nhwc_source (and so as_nhwc) undoes either."""
+    from tvm import relax
+    n, h, w, c = y.ty.shape.values
+    if _static_ones([h, w]):
+        return bb.emit(relax.op.reshape(y, (n, c, h, w)))
+    return bb.emit(relax.op.permute_dims(y, NCHW_FROM_NHWC))
+
+
+def as_nhwc(bb, x):
+    """x [n, C, H, W] as NHWC: its source when x is a layout view of an NHWC tensor
+    (nhwc_source: the previous im2col GEMM's output, or an op computed in NHWC), else a
+    transpose of x."""
+    from tvm import relax
+    src = nhwc_source(bb, x)
+    if src is not None:
+        return src
     return bb.emit(relax.op.permute_dims(x, (0, 2, 3, 1)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from tvm import relax
 
 from . import gemm_kernels
+from .relax_embed import nhwc_sources, to_nchw
 
 R = relax.op
 
@@ -39,6 +40,18 @@ def _c(value, dtype):
 
 def _emit(importer, expr):
     return expr
+
+
+def in_nhwc(tensors, compute, same_shape: bool = True):
+    """compute(layout, *tensors) for an op that can run in either layout. When every tensor
+    is a transposed NHWC tensor (relax_embed.nhwc_sources), it runs on the NHWC sources
+    (layout "NHWC") and its 4-D result is transposed back, which the next conv's `as_nhwc`
+    (or the next such op) cancels; otherwise compute("NCHW", *tensors)."""
+    bb = relax.BlockBuilder.current()
+    sources = nhwc_sources(bb, list(tensors), same_shape)
+    if sources is None:
+        return compute("NCHW", *tensors)
+    return to_nchw(bb, compute("NHWC", *sources))
 
 
 def centered(x, zp):
@@ -87,7 +100,8 @@ def _dequantize(node, importer):
 
 def _requantize(node, importer):
     q, in_zp, m, n, out_zp, qmin, qmax = importer.retrieve_args(node)
-    return _emit(importer, requantize_expr(centered(q, in_zp), m, n, out_zp, qmin, qmax))
+    return _emit(importer, in_nhwc([q], lambda _, t: requantize_expr(
+        centered(t, in_zp), m, n, out_zp, qmin, qmax)))
 
 
 def _linear_acc(x, x_zp, w, bias=None):
@@ -160,6 +174,9 @@ def _qmatmul_f32(node, importer):
 
 def _qadd(node, importer):
     a, a_zp, ma, b, b_zp, mb, shift, out_zp, qmin, qmax = importer.retrieve_args(node)
-    ta = E.multiply(E.astype(centered(a, a_zp), "int64"), _c(int(ma), "int64"))
-    tb = E.multiply(E.astype(centered(b, b_zp), "int64"), _c(int(mb), "int64"))
-    return _emit(importer, requantize_expr(E.add(ta, tb), 1, shift, out_zp, qmin, qmax))
+
+    def add(_, a, b):
+        ta = E.multiply(E.astype(centered(a, a_zp), "int64"), _c(int(ma), "int64"))
+        tb = E.multiply(E.astype(centered(b, b_zp), "int64"), _c(int(mb), "int64"))
+        return requantize_expr(E.add(ta, tb), 1, shift, out_zp, qmin, qmax)
+    return _emit(importer, in_nhwc([a, b], add))

@@ -76,7 +76,9 @@ def _has_if_then_else(stmt) -> bool:
 def _is_copy(stmt) -> bool:
     """The block only moves data (transpose, reshape): y[...] = x[...]."""
     body = stmt.body
-    return type(body).__name__ == "BufferStore" and type(body.value).__name__ == "BufferLoad"
+    # TVM 0.27 names the load node TensorLoad (tvm.ir.TensorLoad), older versions BufferLoad
+    return (type(body).__name__ == "BufferStore"
+            and type(body.value).__name__ in ("TensorLoad", "BufferLoad"))
 
 
 def _inline(sch, blocks):
