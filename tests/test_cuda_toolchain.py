@@ -227,3 +227,24 @@ def test_sass_summary_counts_mnemonics():
         /*0000*/                   EXIT ;
 """
     assert sass.sass_summary(text) == {"f": {"LDSM": 1, "IMMA": 2, "LDL": 1}, "g": {"EXIT": 1}}
+
+
+def test_nvrtc_outputs_are_read_into_fresh_buffers():
+    """NVRTC writes its outputs into the buffer it is handed: an immutable shared bytes
+    object there (b" " * 1 for an empty log) once corrupted the interpreter."""
+    import ctypes
+
+    from qcompile.backends.cuda import nvrtc
+
+    class FakeNvrtc:
+        class nvrtcResult:
+            NVRTC_SUCCESS = 0
+
+    def size_fn(prog):
+        return 0, 1
+
+    def get_fn(prog, buf):
+        ctypes.memmove((ctypes.c_char * 1).from_buffer(buf), b"\x00", 1)
+        return (0,)
+    out = nvrtc._fetch(FakeNvrtc, None, size_fn, get_fn)
+    assert out == b"\x00" and b" " == bytes([32])

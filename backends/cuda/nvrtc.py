@@ -197,10 +197,12 @@ def _fetch(nvrtc, prog, size_fn, get_fn) -> bytes:
     """Read one NVRTC output (log, PTX, cubin) through its size/get pair."""
     result, size = size_fn(prog)
     _check(nvrtc, result, size_fn.__name__)
-    buf = b" " * size
+    # NVRTC writes into the buffer: it must be a fresh mutable one (b" " * 1 would be
+    # Python's shared one-byte object, and writing into it corrupts the whole process)
+    buf = bytearray(max(int(size), 1))
     (result,) = get_fn(prog, buf)
     _check(nvrtc, result, get_fn.__name__)
-    return buf
+    return bytes(buf[:size])
 
 
 def _text(raw: bytes) -> str:
