@@ -148,24 +148,16 @@ def test_thread_sanitizer_sees_races_in_emulated_kernels():
     assert done.returncode != 0 and "data race" in done.stderr
 
 
-def test_gemm_source_compiles_with_nvrtc():
-    """The file the emulator runs is the file the GPU runs: NVRTC accepts it for sm_80."""
-    nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-bindings (NVRTC) missing")
-    include = [f"-I{emulator.KERNEL_DIR}".encode()]
-    err, prog = nvrtc.nvrtcCreateProgram(emulator.GEMM_SOURCE.encode(), b"gemm.cu", 0, [], [])
-    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-        pytest.skip(f"NVRTC unusable here: {err}")
-    opts = [b"--gpu-architecture=sm_80", b"-std=c++17", *include]
-    (result,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
-    _, size = nvrtc.nvrtcGetProgramLogSize(prog)
-    log = b" " * size
-    nvrtc.nvrtcGetProgramLog(prog, log)
-    assert result == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode(errors="replace")
-    _, size = nvrtc.nvrtcGetPTXSize(prog)
-    ptx = b" " * size
-    nvrtc.nvrtcGetPTX(prog, ptx)
-    for needle in (b"mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32", b"ldmatrix.sync",
-                   b"cp.async.cg.shared.global", b".entry qc_gemm_int8_64x64",
-                   b".entry qc_gemm_int8_128x128"):
+def test_gemm_source_compiles_with_nvrtc(tmp_path):
+    """The file the emulator runs is the file the GPU runs: NVRTC accepts it for compute_80."""
+    from qcompile.backends.cuda import toolchain
+    if toolchain.problems():
+        pytest.skip(f"CUDA pip packages missing: {toolchain.problems()}")
+    from qcompile.backends.cuda import nvrtc
+    ptx = nvrtc.compile_ptx(emulator.GEMM_SOURCE, "gemm", include_dirs=(str(emulator.KERNEL_DIR),),
+                            cache_dir=str(tmp_path)).ptx
+    for needle in ("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32", "ldmatrix.sync",
+                   "cp.async.cg.shared.global", ".entry qc_gemm_int8_64x64",
+                   ".entry qc_gemm_int8_128x128"):
         assert needle in ptx
-    assert b".local" not in ptx, "accumulators spilled to local memory"
+    assert ".local" not in ptx, "accumulators spilled to local memory"
